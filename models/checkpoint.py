@@ -1,0 +1,90 @@
+"""Checkpoints: one loader for official LIIF / LTE / LMF files and our own, and atomic saving.
+
+Format (self-describing, as the published ``train.py`` writes it)::
+
+    {'model': {'name': <registry name>, 'args': <constructor args>, 'sd': <state dict>},
+     ...optional training state: 'optimizer', 'epoch', ...}
+
+Files are read with ``torch.load(weights_only=True)``: a pickle that would build arbitrary objects
+(and could run code) is refused.
+"""
+import os
+import pickle
+
+import torch
+
+from utils.io import atomic_write
+
+from .registry import ModelSpecError, make
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unsafe, corrupt or not in the expected format."""
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Load a checkpoint dict safely (tensors, containers and plain values only)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    if os.path.isdir(path):
+        raise CheckpointError(f'checkpoint path is a directory: {path}')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        if 'weights_only' in str(e) or 'Unsupported global' in str(e) or 'GLOBAL' in str(e):
+            raise CheckpointError(f'refusing to load {path}: it contains Python objects other than tensors and '
+                                  f'plain containers, which could run code when unpickled ({first})') from None
+        raise CheckpointError(f'{path} is not a valid checkpoint ({first})') from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({first})') from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' entry {{'name', 'args', 'sd'}}")
+    spec = ckpt['model']
+    missing = [k for k in ('name', 'sd') if k not in spec]
+    if missing:
+        raise CheckpointError(f"{path}: the 'model' entry lacks {', '.join(missing)}")
+    return ckpt
+
+
+def model_spec(model_or_spec, sd=None):
+    """A spec ``{'name', 'args', 'sd'}`` for saving (``sd`` taken from the model when not given)."""
+    spec = dict(model_or_spec.spec if hasattr(model_or_spec, 'spec') else model_or_spec)
+    if sd is not None:
+        spec['sd'] = sd
+    return spec
+
+
+def strip_prefix(sd, prefix='module.'):
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_model(path_or_ckpt, map_location='cpu', strict=True):
+    """Build a model from a checkpoint path (or an already loaded checkpoint dict) and load its weights.
+
+    Handles a ``module.`` prefix (DataParallel / DDP saves); ``args`` may carry the extra keys official
+    files can hold (``cmsr_spec``, ``mixed_le``). The model is returned in eval mode on ``map_location``.
+    """
+    ckpt = load_checkpoint(path_or_ckpt, map_location) if not isinstance(path_or_ckpt, dict) else path_or_ckpt
+    spec = dict(ckpt['model'])
+    spec['args'] = dict(spec.get('args') or {})
+    spec['sd'] = strip_prefix(spec['sd'])
+    where = path_or_ckpt if not isinstance(path_or_ckpt, dict) else 'checkpoint'
+    try:
+        model = make(spec, load_sd=True, strict=strict)
+    except ModelSpecError as e:
+        raise CheckpointError(f'{where}: {e}') from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f'{where}: weights do not fit model {spec["name"]!r}: {first}') from None
+    return model.to(map_location).eval()
+
+
+def save_checkpoint(path, ckpt):
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
+    with atomic_write(path, 'wb') as f:
+        torch.save(ckpt, f)

@@ -1,0 +1,129 @@
+"""LM-LIIF and the machinery common to Latent Modulated Functions (He & Jin, CVPR 2024).
+
+An LM model moves the expensive part of the decoder to LR resolution: a *latent MLP* (``hypernet``)
+maps each LR pixel's rich feature to the modulations of a tiny *render MLP* (``imnet``, an ``lmmlp``),
+which is the only network evaluated per HR query.
+
+Per-image state (``prepare``):
+    ``mod`` table (B*h*w, M [+ latent]): hypernet output for every LR pixel, computed with the cell of
+    the first query (spec B13: all cells of a query set are equal in every published path).
+Per query (``query``):
+    training mode -> explicit modulations gathered as full rows (autograd-friendly);
+    eval mode     -> ``render_fast``: modulations gathered one layer at a time, chunked by the caller.
+"""
+import torch
+
+from .. import registry
+from ..registry import register
+from .implicit import ImplicitDecoder, State, blend, feat_coord_table, flat_index, gather, neighbours, \
+    pixel_table, relative_cell
+from .liif import unfold3x3
+
+
+class LMDecoder(ImplicitDecoder):
+    """Common parts of LM-LIIF and LM-LTE: hypernet, render MLP, training and fast query paths, CMSR."""
+
+    #: Queries per chunk for the fast path (results do not depend on it).
+    eval_bsize = 65536
+
+    def __init__(self, encoder_spec, cmsr_spec=None, mixed_le=None):
+        super().__init__(encoder_spec)
+        # mixed_le: present in pre-release LMF configs and possibly in released checkpoints (spec B3).
+        self.cmsr_spec = cmsr_spec
+        self.cmsr = None
+
+    # ---- subclasses provide ----
+    def render_input(self, state, idx, nb_rel, rel_cell):
+        """Render-MLP input for gathered pixels ``idx`` (N,), rel coords (N, 2), rel cells (N, 2)."""
+        raise NotImplementedError
+
+    def skip(self, state, coord):
+        return None
+
+    # ---- shared ----
+    def hidden_cell(self, cell, size):
+        """Relative cell fed to the latent MLP: the first query's cell (B, 2) times (h, w)."""
+        if cell is None:
+            raise ValueError('LM models need the query cell to compute modulations')
+        return relative_cell(cell[:, 0, :], size)
+
+    def mod_tables(self, state):
+        if 'tables' not in state:
+            state['tables'] = self.imnet.modulation_tables(state.mod)
+        return state['tables']
+
+    def query(self, state, coord, cell):
+        if self.training:
+            return self.query_explicit(state, coord, cell)
+        return self.query_fast(state, coord, cell)
+
+    def _neighbours(self, state, coord, cell):
+        h, w = state.size
+        nb = neighbours(coord, (h, w), self.local_ensemble, state.get('feat_coord'))
+        K, B, Q = nb.index.shape
+        idx = flat_index(nb.index, h * w)
+        rel = nb.rel_coord.reshape(-1, 2)
+        rel_cell = relative_cell(cell, (h, w)).unsqueeze(0).expand(K, B, Q, 2).reshape(-1, 2)
+        return nb, idx, rel, rel_cell
+
+    def query_explicit(self, state, coord, cell):
+        """Training path: gather each neighbour's full modulation vector and run the MLP on it."""
+        nb, idx, rel, rel_cell = self._neighbours(state, coord, cell)
+        x = self.render_input(state, idx, rel, rel_cell)
+        preds = self.imnet(x, gather(state.mod, idx)).view(*nb.index.shape, -1)
+        out = blend(preds, nb.weight)
+        skip = self.skip(state, coord)
+        return out if skip is None else out + skip
+
+    def query_fast(self, state, coord, cell):
+        """Eval path: per-layer gathers of the modulations; never builds the (queries x M) tensor."""
+        nb, idx, rel, rel_cell = self._neighbours(state, coord, cell)
+        x = self.render_input(state, idx, rel, rel_cell)
+        preds = self.imnet.forward_gathered(x, self.mod_tables(state), idx).view(*nb.index.shape, -1)
+        out = blend(preds, nb.weight)
+        skip = self.skip(state, coord)
+        return out if skip is None else out + skip
+
+
+@register('lmliif')
+class LMLIIF(LMDecoder):
+    """LM-LIIF. Latent MLP input per LR pixel: [unfold3x3(feat) (9C), rel cell (2)]; output M modulations
+    (+ hd latent channels with ``mod_input``). Render input: [latent (hd, or C without ``mod_input``),
+    rel_coord (2), rel_cell (2)]. No LR skip."""
+
+    def __init__(self, encoder_spec, imnet_spec=None, hypernet_spec=None, local_ensemble=True, feat_unfold=True,
+                 cell_decode=True, mod_input=False, cmsr_spec=None, mixed_le=None):
+        super().__init__(encoder_spec, cmsr_spec, mixed_le)
+        self.local_ensemble, self.feat_unfold, self.cell_decode, self.mod_input = \
+            local_ensemble, feat_unfold, cell_decode, mod_input
+        c = self.encoder.out_dim
+        imnet_args = dict(imnet_spec['args'])
+        hd = imnet_args['hidden_dim']
+        render_in = (hd if mod_input else c) + 2 + (2 if cell_decode else 0)
+        self.imnet = registry.make(imnet_spec, args={'in_dim': render_in, 'mod_up_merge': False})
+        self.mod_dim = self.imnet.mod_dim
+        hyper_in = c * (9 if feat_unfold else 1) + (2 if cell_decode else 0)
+        hyper_out = self.mod_dim + (hd if mod_input else 0)
+        self.hypernet = registry.make(hypernet_spec, args={'in_dim': hyper_in, 'out_dim': hyper_out})
+
+    def prepare(self, inp, cell=None, inp_coord=None):
+        feat = self.encoder(inp)
+        B, C, h, w = feat.shape
+        rich = unfold3x3(feat) if self.feat_unfold else feat
+        z = rich.permute(0, 2, 3, 1)
+        if self.cell_decode:
+            rc = self.hidden_cell(cell, (h, w)).view(B, 1, 1, 2).expand(B, h, w, 2)
+            z = torch.cat([z, rc.to(z.dtype)], dim=-1)
+        mod = self.hypernet(z).reshape(B * h * w, -1)
+        if self.mod_input:
+            latent = mod[:, self.mod_dim:].contiguous()
+        else:
+            latent = pixel_table(feat)
+        return State(inp=inp, mod=mod, latent=latent, size=(h, w),
+                     feat_coord=feat_coord_table(inp_coord, feat))
+
+    def render_input(self, state, idx, rel, rel_cell):
+        parts = [gather(state.latent, idx), rel]
+        if self.cell_decode:
+            parts.append(rel_cell)
+        return torch.cat(parts, dim=-1)

@@ -1,0 +1,38 @@
+"""Meta-SR's meta-upscale module (Hu et al., CVPR 2019) in LIIF's continuous-query form."""
+import torch
+
+from .. import registry
+from ..registry import register
+from .implicit import ImplicitDecoder, State, flat_index, gather, lookup, pixel_table
+from .liif import unfold3x3
+
+
+@register('metasr')
+class MetaSR(ImplicitDecoder):
+    """Per query, an MLP maps (offset to the top-left of its LR pixel, 2/scale) to a (9C x 3) weight
+    matrix applied to the 3x3-unfolded feature of that pixel. The query is first moved by -cell/2."""
+
+    eval_bsize = 30000
+
+    def __init__(self, encoder_spec, imnet_spec=None, cmsr_spec=None):
+        super().__init__(encoder_spec)
+        c9 = self.encoder.out_dim * 9
+        if imnet_spec is None:
+            imnet_spec = {'name': 'mlp', 'args': {'hidden_list': [256]}}
+        self.imnet = registry.make(imnet_spec, args={'in_dim': 3, 'out_dim': c9 * 3})
+
+    def prepare(self, inp, cell=None, inp_coord=None):
+        feat = unfold3x3(self.encoder(inp))
+        return State(table=pixel_table(feat), size=feat.shape[-2:])
+
+    def query(self, state, coord, cell):
+        h, w = state.size
+        B, Q = coord.shape[:2]
+        shifted = coord - cell / 2
+        index, centre = lookup(shifted, (h, w), shift=(1e-6, 1e-6))
+        top_left = torch.stack([centre[..., 0] - 1 / h, centre[..., 1] - 1 / w], -1)
+        rel = (shifted - top_left) * shifted.new_tensor([h / 2, w / 2])
+        r = cell[..., :1] * (h / 2)
+        weights = self.imnet(torch.cat([rel, r], -1)).view(B * Q, -1, 3)
+        feat = gather(state.table, flat_index(index, h * w)).view(B * Q, 1, -1)
+        return torch.bmm(feat, weights).view(B, Q, 3)

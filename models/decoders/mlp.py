@@ -1,0 +1,129 @@
+"""The plain MLP (``mlp``) and LMF's modulated render MLP (``lmmlp``)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register
+
+
+@register('mlp')
+class MLP(nn.Module):
+    """[Linear -> ReLU] per hidden size, then a final Linear; keys ``layers.{0,2,4,...}``.
+
+    ``forward`` accepts any leading shape (..., in_dim) and returns (..., out_dim).
+    """
+
+    def __init__(self, in_dim, out_dim, hidden_list, use_conv=False):
+        super().__init__()
+        if use_conv:
+            raise NotImplementedError('mlp(use_conv=True) is not used by any published config')
+        layers, last = [], in_dim
+        for hidden in hidden_list:
+            layers += [nn.Linear(last, hidden), nn.ReLU()]
+            last = hidden
+        layers.append(nn.Linear(last, out_dim))
+        self.layers = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x):
+        shape = x.shape[:-1]
+        return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
+
+
+@register('lmmlp')
+class LMMLP(nn.Module):
+    """Render MLP of LMF whose hidden layers are modulated per LR pixel.
+
+    ``layers.0`` is Linear(in_dim -> hd), ``layers.2, ..., layers.2(D-1)`` are Linear(hd -> hd), each
+    followed by a ReLU, and ``layers.2D`` is Linear(hd -> out_dim). Hidden layer k computes::
+
+        a_k = (W_k x + b_k) * (1 + s_k) + t_k ;  x = relu(a_k)
+
+    with the scale modulation s_k and shift modulation t_k (hd values each) of the query's LR pixel.
+    Modulation vector layout (length ``mod_dim`` = M): ``[s_0 .. s_{D-1} | t_0 .. t_{D-1}]`` when both
+    are enabled; a disabled kind is simply absent.
+
+    Two equivalent ways to evaluate it:
+
+    * ``forward(x, mod)``: explicit modulations, one row per row of ``x`` (training path).
+    * ``forward_gathered(x, tables, index)``: per-layer tables of the modulations of every LR pixel are
+      gathered layer by layer with ``index`` (the fast path); the (N x M) tensor is never built.
+    """
+
+    def __init__(self, in_dim, out_dim, hidden_dim, hidden_depth, mod_scale=True, mod_shift=True,
+                 mod_up_merge=False, use_conv=False):
+        super().__init__()
+        if use_conv:
+            raise NotImplementedError('lmmlp(use_conv=True) is not used by any published config')
+        # mod_up_merge is forced False by every LM model; its published variant drops the "+1" (spec B6).
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.hidden_dim, self.hidden_depth = hidden_dim, hidden_depth
+        self.mod_scale, self.mod_shift = mod_scale, mod_shift
+        self.mod_dim = hidden_dim * hidden_depth * (int(mod_scale) + int(mod_shift))
+        layers, last = [], in_dim
+        for _ in range(hidden_depth):
+            layers += [nn.Linear(last, hidden_dim), nn.ReLU(inplace=True)]
+            last = hidden_dim
+        layers.append(nn.Linear(last, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    # -- modulation layout -------------------------------------------------------------------------
+    def scale_slice(self, k):
+        hd = self.hidden_dim
+        return slice(k * hd, (k + 1) * hd) if self.mod_scale else None
+
+    def shift_slice(self, k):
+        hd, off = self.hidden_dim, self.hidden_dim * self.hidden_depth * int(self.mod_scale)
+        return slice(off + k * hd, off + (k + 1) * hd) if self.mod_shift else None
+
+    def hidden(self, k):
+        return self.layers[2 * k]
+
+    # -- explicit modulations -----------------------------------------------------------------------
+    def forward(self, x, mod):
+        """x: (..., in_dim); mod: (..., >= mod_dim), row-aligned with x (extra channels ignored)."""
+        shape = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        mod = mod.reshape(-1, mod.shape[-1])
+        for k in range(self.hidden_depth):
+            x = self.hidden(k)(x)
+            if self.mod_scale:
+                x = x * (1 + mod[:, self.scale_slice(k)])
+            if self.mod_shift:
+                x = x + mod[:, self.shift_slice(k)]
+            x = torch.relu(x)
+        return self.layers[-1](x).view(*shape, -1)
+
+    # -- gathered modulations -----------------------------------------------------------------------
+    def modulation_tables(self, mod):
+        """Split a per-pixel modulation table (P, >= M) into contiguous per-layer tables.
+
+        Returns a list of D tensors (P, c) holding ``[1 + s_k | t_k]`` (c = 2hd with both kinds, hd
+        with one), so that each layer needs a single gather of one contiguous row per query.
+        """
+        tables = []
+        for k in range(self.hidden_depth):
+            parts = []
+            if self.mod_scale:
+                parts.append(1 + mod[:, self.scale_slice(k)])
+            if self.mod_shift:
+                parts.append(mod[:, self.shift_slice(k)])
+            tables.append(torch.cat(parts, dim=1).contiguous())
+        return tables
+
+    def forward_gathered(self, x, tables, index):
+        """x: (N, in_dim); tables: from ``modulation_tables``; index: (N,) rows of the tables."""
+        hd = self.hidden_dim
+        for k in range(self.hidden_depth):
+            layer = self.hidden(k)
+            m = tables[k].index_select(0, index)
+            if self.mod_scale and self.mod_shift:
+                x = torch.addcmul(m[:, hd:], F.linear(x, layer.weight, layer.bias), m[:, :hd])
+            elif self.mod_scale:
+                x = F.linear(x, layer.weight, layer.bias) * m
+            elif self.mod_shift:
+                x = F.linear(x, layer.weight, layer.bias) + m
+            else:
+                x = F.linear(x, layer.weight, layer.bias)
+            x = torch.relu_(x)
+        return self.layers[-1](x)

@@ -1,0 +1,245 @@
+"""SwinIR (Liang et al. 2021) as a feature encoder, in the configuration LIIF/LTE/LMF use.
+
+``swinir`` always builds the classical configuration (embed 180, 6 RSTBs x 6 blocks, 6 heads, window 8,
+MLP ratio 2, stochastic depth 0.1) with upsampler 'none' followed by a 3x3 conv to 64 channels and a
+LeakyReLU of slope 0.01. Like the published factory it ignores ``no_upsampling``.
+
+Input sizes that are not multiples of the window are reflect-padded at the bottom/right and the
+features are **not** cropped back (published behaviour, spec B14): evaluate with window padding
+(``test.py --window 8``), which makes the padded size explicit.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register
+
+
+def drop_path(x, p, training):
+    """Stochastic depth: zero whole samples with probability ``p`` and rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return drop_path(x, self.p, self.training)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def window_partition(x, ws):
+    """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, C)
+
+
+def window_reverse(windows, ws, H, W):
+    """(B * nW, ws*ws, C) -> (B, H, W, C)."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def relative_position_index(ws):
+    """(ws*ws, ws*ws) index into the (2ws-1)^2 bias table for each (query, key) pair of a window."""
+    ys, xs = torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing='ij')
+    pos = torch.stack([ys.flatten(), xs.flatten()])          # (2, N)
+    rel = (pos[:, :, None] - pos[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def shifted_window_mask(H, W, ws, shift, device=None):
+    """Attention mask (nW, N, N) for shifted windows: 0 within a region, -100 across regions."""
+    region = torch.zeros(1, H, W, 1, device=device)
+    cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    label = 0
+    for hs in cuts:
+        for wsl in cuts:
+            region[:, hs, wsl, :] = label
+            label += 1
+    win = window_partition(region, ws).squeeze(-1)           # (nW, N)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer('relative_position_index', relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x, mask=None):
+        """x: (B*nW, N, C); mask: (nW, N, N) or None."""
+        Bw, N, C = x.shape
+        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        attn = attn + bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(Bw // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(Bw, N, C)
+        return self.proj(x)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio, drop_path_p):
+        super().__init__()
+        self.input_resolution = tuple(input_resolution)
+        self.window_size = window_size
+        self.shift_size = shift_size
+        if min(self.input_resolution) <= window_size:
+            self.shift_size = 0
+            self.window_size = min(self.input_resolution)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, self.window_size, num_heads)
+        self.drop_path = DropPath(drop_path_p)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        mask = (shifted_window_mask(*self.input_resolution, self.window_size, self.shift_size)
+                if self.shift_size > 0 else None)
+        self.register_buffer('attn_mask', mask)
+
+    def forward(self, x, x_size):
+        H, W = x_size
+        B, L, C = x.shape
+        ws, s = self.window_size, self.shift_size
+        shortcut = x
+        x = self.norm1(x).view(B, H, W, C)
+        if s > 0:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        mask = None
+        if s > 0:
+            mask = (self.attn_mask if tuple(x_size) == self.input_resolution
+                    else shifted_window_mask(H, W, ws, s, device=x.device))
+        x = window_reverse(self.attn(window_partition(x, ws), mask=mask), ws, H, W)
+        if s > 0:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        x = shortcut + self.drop_path(x.reshape(B, L, C))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class BasicLayer(nn.Module):
+    def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio, drop_path_ps):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            SwinBlock(dim, input_resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
+                      mlp_ratio, drop_path_ps[i]) for i in range(depth)])
+
+    def forward(self, x, x_size):
+        for blk in self.blocks:
+            x = blk(x, x_size)
+        return x
+
+
+def tokens_to_map(x, x_size):
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x_size[0], x_size[1])
+
+
+def map_to_tokens(x):
+    return x.flatten(2).transpose(1, 2)
+
+
+class RSTB(nn.Module):
+    """Residual Swin Transformer block: Swin blocks, a 3x3 conv, and a residual connection."""
+
+    def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio, drop_path_ps):
+        super().__init__()
+        self.residual_group = BasicLayer(dim, input_resolution, depth, num_heads, window_size, mlp_ratio,
+                                         drop_path_ps)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+
+    def forward(self, x, x_size):
+        return map_to_tokens(self.conv(tokens_to_map(self.residual_group(x, x_size), x_size))) + x
+
+
+class PatchEmbedNorm(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        return self.norm(map_to_tokens(x))
+
+
+class SwinIR(nn.Module):
+    """SwinIR body with upsampler 'none'; (B, 3, h, w) -> (B, num_feat, h', w'), h', w' padded to the window."""
+
+    def __init__(self, img_size=48, in_chans=3, embed_dim=180, depths=(6, 6, 6, 6, 6, 6),
+                 num_heads=(6, 6, 6, 6, 6, 6), window_size=8, mlp_ratio=2.0, drop_path_rate=0.1, num_feat=64):
+        super().__init__()
+        self.window_size = window_size
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = PatchEmbedNorm(embed_dim)
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        res = (img_size, img_size)
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            self.layers.append(RSTB(embed_dim, res, depth, num_heads[i], window_size, mlp_ratio,
+                                    dpr[start:start + depth]))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.out_dim = num_feat
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.zeros_(m.bias)
+            nn.init.ones_(m.weight)
+
+    def pad_to_window(self, x):
+        h, w = x.shape[-2:]
+        ph = (self.window_size - h % self.window_size) % self.window_size
+        pw = (self.window_size - w % self.window_size) % self.window_size
+        return F.pad(x, (0, pw, 0, ph), 'reflect') if ph or pw else x
+
+    def forward_features(self, x):
+        x_size = x.shape[-2:]
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x, x_size)
+        return tokens_to_map(self.norm(x), x_size)
+
+    def forward(self, x):
+        x = self.conv_first(self.pad_to_window(x))
+        x = self.conv_after_body(self.forward_features(x)) + x
+        return self.conv_before_upsample(x)
+
+
+@register('swinir')
+def make_swinir(no_upsampling=True):
+    """The published factory ignores its argument and always builds the classical configuration."""
+    return SwinIR()

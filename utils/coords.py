@@ -1,0 +1,126 @@
+"""Continuous coordinates and cells: the geometry every implicit model shares.
+
+Conventions (identical to LIIF / LTE / LMF, so official checkpoints see the inputs they were trained on):
+
+* An image of n pixels along an axis spans the interval (-1, 1); pixel k has its centre at
+  ``-1 + (2k + 1) / n``. Coordinates are ordered **(row, col) = (y, x)**; ``grid_sample`` wants
+  (x, y), so callers flip the last axis before sampling.
+* A *cell* is the size of one target pixel in the same units: ``(2 / H, 2 / W)`` for an H x W output.
+  Decoders use the *relative cell* ``cell * (h, w)`` (h x w = LR feature size), which is ``2 / scale``.
+* *Cell clipping*: at test time a cell is multiplied by ``max(scale / max_train_scale, 1)`` so that
+  scales beyond the training range are decoded with the cell of the largest training scale.
+"""
+import math
+
+import torch
+
+
+def coord_axis(n, v0=-1.0, v1=1.0, device=None, dtype=torch.float32):
+    """Pixel-centre coordinates of an axis of ``n`` pixels spanning (v0, v1), shape (n,).
+
+    Computed as ``v0 + r + 2r * k`` in float32, exactly like the published ``make_coord``, so that
+    coordinates (and therefore nearest-neighbour decisions) agree to the last bit.
+    """
+    r = (v1 - v0) / (2 * n)
+    return v0 + r + (2 * r) * torch.arange(n, device=device, dtype=dtype)
+
+
+def make_coord(shape, ranges=None, flatten=True, device=None):
+    """Pixel-centre coordinates of a grid.
+
+    Args:
+        shape: sizes of the grid, e.g. ``(H, W)``.
+        ranges: optional ``[(v0, v1), ...]`` per axis; default (-1, 1) for every axis.
+        flatten: return (prod(shape), ndim) instead of (*shape, ndim).
+    Returns:
+        float32 tensor whose last dimension holds the coordinates in axis order ((row, col) for 2-D).
+    """
+    axes = []
+    for i, n in enumerate(shape):
+        v0, v1 = (-1.0, 1.0) if ranges is None else ranges[i]
+        axes.append(coord_axis(n, v0, v1, device=device))
+    ret = torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1)
+    if flatten:
+        ret = ret.view(-1, ret.shape[-1])
+    return ret
+
+
+def to_pixel_samples(img):
+    """Split an image (C, H, W) into ``coord`` (H*W, 2) and values (H*W, C), in raster order."""
+    coord = make_coord(img.shape[-2:], device=img.device)
+    values = img.reshape(img.shape[0], -1).t()
+    return coord, values
+
+
+def make_cell(size, n=None, device=None, batch=None):
+    """Cells of a full H x W target grid: (H*W, 2) filled with (2/H, 2/W) (or (n, 2) if ``n``).
+
+    With ``batch`` the result gets a leading batch dimension (batch, n, 2).
+    """
+    H, W = size
+    n = H * W if n is None else n
+    cell = torch.empty(n, 2, device=device)
+    cell[:, 0] = 2 / H
+    cell[:, 1] = 2 / W
+    if batch is not None:
+        cell = cell.unsqueeze(0).expand(batch, n, 2).contiguous()
+    return cell
+
+
+def cell_clip_factor(scale, max_scale=4):
+    """Test-time cell clipping factor ``max(scale / max_scale, 1)`` (scale may be a float)."""
+    return max(float(scale) / max_scale, 1.0)
+
+
+def grid_query(lr_size, out_size, batch=1, device=None, max_scale=4, clip=True):
+    """Coordinates and (clipped) cells that query a full ``out_size`` grid from an ``lr_size`` input.
+
+    Returns ``coord`` (batch, H*W, 2) and ``cell`` (batch, H*W, 2). The clipping factor uses the
+    larger of the two axis scales (they are equal for the usual isotropic scales).
+    """
+    H, W = out_size
+    h, w = lr_size
+    coord = make_coord((H, W), device=device).unsqueeze(0).expand(batch, H * W, 2)
+    cell = make_cell((H, W), device=device)
+    if clip:
+        cell = cell * cell_clip_factor(max(H / h, W / w), max_scale)
+    return coord, cell.unsqueeze(0).expand(batch, H * W, 2)
+
+
+def nearest_index(coord, size):
+    """Index of the pixel that ``grid_sample(mode='nearest', align_corners=False)`` picks.
+
+    Args:
+        coord: (..., ) normalised coordinates along one axis.
+        size: number of pixels along that axis.
+    Returns:
+        long tensor of the same shape, clamped to [0, size - 1] (``grid_sample`` would return zeros
+        for points outside the image; every caller clamps its coordinates first, so this only
+        matters for queries outside (-1, 1)).
+
+    The unnormalisation ``(c + 1) * (size / 2) - 0.5`` and round-half-to-even reproduce PyTorch's
+    CPU kernel; queries never fall on a tie in practice because callers shift them by 1e-6.
+    """
+    pos = (coord + 1) * (size / 2) - 0.5
+    return torch.round(pos).long().clamp_(0, size - 1)
+
+
+def is_integer_scale(scale, tol=1e-6):
+    return abs(scale - round(scale)) < tol
+
+
+def parse_scale(text):
+    """Parse ``"4"``, ``"2.5"`` or ``"3,2"`` (rows, cols) into a (sy, sx) tuple of positive floats."""
+    parts = [p.strip() for p in str(text).split(',')]
+    if len(parts) not in (1, 2) or any(p == '' for p in parts):
+        raise ValueError(f"scale {text!r} must be a number or two numbers 'rows,cols'")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"scale {text!r} is not a number") from None
+    for v in vals:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"scale {text!r} must be finite and positive")
+    if len(vals) == 1:
+        vals = vals * 2
+    return tuple(vals)
