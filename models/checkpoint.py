@@ -22,6 +22,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unsafe, corrupt or not in the expected format."""
 
 
+def _detail(error):
+    """The informative line of a torch.load error (it wraps the cause in several lines of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        for marker in ('GLOBAL', 'Unsupported global', 'Unsupported operand'):
+            if marker in line:
+                return line.rstrip('.')
+    informative = [line for line in lines if not line.startswith(('Weights only load failed', 'Please file',
+                                                                  'Check the documentation'))]
+    return (informative or lines or [type(error).__name__])[0].rstrip('.')
+
+
 def load_checkpoint(path, map_location='cpu'):
     """Load a checkpoint dict safely (tensors, containers and plain values only)."""
     path = os.fspath(path)
@@ -32,14 +44,10 @@ def load_checkpoint(path, map_location='cpu'):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        if 'weights_only' in str(e) or 'Unsupported global' in str(e) or 'GLOBAL' in str(e):
-            raise CheckpointError(f'refusing to load {path}: it contains Python objects other than tensors and '
-                                  f'plain containers, which could run code when unpickled ({first})') from None
-        raise CheckpointError(f'{path} is not a valid checkpoint ({first})') from None
+        raise CheckpointError(f'refusing to load {path}: it is not a plain tensor checkpoint ({_detail(e)}); '
+                              f'unpickling it fully could run code') from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({first})') from None
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({_detail(e)})') from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' entry {{'name', 'args', 'sd'}}")
     spec = ckpt['model']

@@ -13,7 +13,7 @@ Per query (``query``):
 """
 import torch
 
-from .. import registry
+from .. import cmsr, registry
 from ..registry import register
 from .implicit import ImplicitDecoder, State, blend, feat_coord_table, flat_index, gather, neighbours, \
     pixel_table, relative_cell
@@ -29,8 +29,40 @@ class LMDecoder(ImplicitDecoder):
     def __init__(self, encoder_spec, cmsr_spec=None, mixed_le=None):
         super().__init__(encoder_spec)
         # mixed_le: present in pre-release LMF configs and possibly in released checkpoints (spec B3).
-        self.cmsr_spec = cmsr_spec
-        self.cmsr = None
+        self.cmsr_tables = None
+        self.cmsr_exact_grid = False
+        self.cmsr_stats = cmsr.RenderStats()
+        if cmsr_spec:   # the published scripts pass {'s2m_tables': ..., 'path': ..., ...}
+            tables = cmsr_spec.get('s2m_tables') or cmsr_spec.get('path')
+            if tables:
+                self.set_cmsr(tables)
+
+    def set_cmsr(self, tables, exact_grid=False):
+        """Enable CMSR with a table set (dict or YAML path); ``None`` disables it.
+
+        CMSR applies in eval mode to queries beyond the training range (Q > max_train_scale^2 * h * w).
+        ``exact_grid``: see ``cmsr.render`` (default: the published level grid).
+        """
+        self.cmsr_exact_grid = exact_grid
+        if tables is None:
+            self.cmsr_tables = None
+            return
+        self.cmsr_tables = (cmsr.load_tables(tables) if isinstance(tables, (str, bytes)) or hasattr(tables, '__fspath__')
+                            else cmsr.validate_tables(tables))
+
+    def uses_cmsr(self, inp, coord):
+        return (self.cmsr_tables is not None and not self.training and coord is not None
+                and coord.shape[1] > self.max_train_scale ** 2 * inp.shape[-2] * inp.shape[-1])
+
+    def forward(self, inp, coord=None, cell=None, bsize=None, inp_coord=None, progress=None):
+        if not self.uses_cmsr(inp, coord):
+            return super().forward(inp, coord, cell, bsize, inp_coord, progress)
+        outs = []
+        for b in range(inp.shape[0]):
+            state = self.prepare(inp[b:b + 1], cell[b:b + 1], None if inp_coord is None else inp_coord[b:b + 1])
+            outs.append(cmsr.render(self, state, coord[b:b + 1], self.cmsr_tables, bsize or self.eval_bsize,
+                                    self.cmsr_stats, self.cmsr_exact_grid))
+        return torch.cat(outs)
 
     # ---- subclasses provide ----
     def render_input(self, state, idx, nb_rel, rel_cell):

@@ -1,0 +1,111 @@
+"""Checkpoint loading: official format, safety (weights_only), prefixes, legacy keys, atomic saving."""
+import os
+import pickle
+
+import pytest
+import torch
+
+import models
+from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from utils.coords import make_cell, make_coord
+
+from .conftest import load_golden
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ('echo pwned > /dev/null',))
+
+
+@pytest.mark.parametrize('writer', ['torch', 'pickle'])
+def test_pickle_that_would_run_code_is_refused(tmp_path, writer):
+    path = tmp_path / 'evil.pth'
+    payload = {'model': {'name': 'mlp', 'args': {}, 'sd': {}}, 'payload': Evil()}
+    if writer == 'torch':
+        torch.save(payload, path)
+    else:
+        with open(path, 'wb') as f:
+            pickle.dump(payload, f, protocol=2)
+    with pytest.raises(CheckpointError, match='refusing to load .*could run code') as e:
+        load_checkpoint(path)
+    assert '\n' not in str(e.value)
+    if writer == 'torch':
+        assert 'system' in str(e.value)
+
+
+@pytest.mark.parametrize('content,match', [(b'', 'not a readable'), (b'garbage' * 10, 'not a plain tensor checkpoint')])
+def test_corrupt_files_are_reported(tmp_path, content, match):
+    path = tmp_path / 'bad.pth'
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_wrong_structure(tmp_path):
+    with pytest.raises(CheckpointError, match='not found'):
+        load_checkpoint(tmp_path / 'nope.pth')
+    torch.save({'weights': torch.zeros(1)}, tmp_path / 'x.pth')
+    with pytest.raises(CheckpointError, match="'model' entry"):
+        load_checkpoint(tmp_path / 'x.pth')
+
+
+def official_checkpoint(tmp_path, name, extra_args=None, prefix=''):
+    """A golden case saved the way the published train.py saves (plus optional legacy keys)."""
+    case = load_golden(name)
+    spec = dict(case['model'])
+    spec['args'] = dict(spec['args'], **(extra_args or {}))
+    spec['sd'] = {prefix + k: v for k, v in spec['sd'].items()}
+    path = tmp_path / f'{name}.pth'
+    torch.save({'model': spec, 'optimizer': {'name': 'adam', 'args': {'lr': 1e-4}, 'sd': {}}, 'epoch': 7}, path)
+    return path, case
+
+
+@pytest.mark.parametrize('name,extra', [
+    ('lmliif_edsr', {'mixed_le': True, 'cmsr_spec': None}),
+    ('lmlte_edsr', {'mixed_le': False}),
+    ('liif_edsr', {'cmsr_spec': None}),   # test.py injects cmsr_spec into every model (spec B2)
+    ('lte_edsr', {'cmsr_spec': None}),
+    ('metasr_edsr', {'cmsr_spec': None})])
+@pytest.mark.parametrize('prefix', ['', 'module.'])
+def test_official_checkpoints_load_unchanged(tmp_path, name, extra, prefix):
+    path, case = official_checkpoint(tmp_path, name, extra, prefix)
+    model = load_model(path)
+    q = case['queries'][0]
+    H, W = q['size']
+    with torch.no_grad():
+        pred = model(case['inp'], make_coord((H, W)).unsqueeze(0), make_cell((H, W)).unsqueeze(0))
+    assert (pred - q['pred']).abs().max() <= 1e-4
+
+
+def test_weights_that_do_not_fit_are_reported(tmp_path):
+    path, _ = official_checkpoint(tmp_path, 'lmliif_edsr')
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt['model']['sd']['imnet.layers.0.weight']
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match='weights do not fit'):
+        load_model(path)
+
+
+def test_save_roundtrip_is_self_describing(tmp_path):
+    spec = {'name': 'lmliif', 'args': load_golden('lmliif_edsr')['model']['args']}
+    model = models.make(spec)
+    path = tmp_path / 'ours.pth'
+    save_checkpoint(path, {'model': dict(model.spec, sd=model.state_dict()), 'epoch': 1})
+    again = load_model(path)
+    assert again.spec == spec
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    assert [p.name for p in tmp_path.iterdir()] == ['ours.pth']   # no temporary file left
+
+
+def test_failed_save_leaves_previous_file(tmp_path):
+    path = tmp_path / 'epoch-last.pth'
+    save_checkpoint(path, {'model': {'name': 'mlp', 'args': {}, 'sd': {}}, 'epoch': 1})
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError('disk full')
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {'model': {'name': 'mlp'}, 'x': Boom()})
+    assert load_checkpoint(path)['epoch'] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ['epoch-last.pth']
