@@ -32,6 +32,8 @@ class EDSR(nn.Module):
         self.body = nn.Sequential(*[ResBlock(n_feats, kernel_size, res_scale) for _ in range(n_resblocks)],
                                   conv3x3(n_feats, n_feats, kernel_size))
         self.no_upsampling = no_upsampling
+        # LR pixels beyond a pixel that its feature depends on: head + 2 per block + body conv
+        self.receptive_radius = (kernel_size // 2) * (2 * n_resblocks + 2)
         if no_upsampling:
             self.out_dim = n_feats
         else:

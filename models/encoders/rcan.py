@@ -46,6 +46,8 @@ class RCAN(nn.Module):
         self.body = nn.Sequential(*[ResidualGroup(n_feats, reduction, n_resblocks) for _ in range(n_resgroups)],
                                   conv3x3(n_feats, n_feats))
         self.no_upsampling = no_upsampling
+        # channel attention pools globally, so no finite radius makes tiling exact
+        self.receptive_radius = None
         if no_upsampling:
             self.out_dim = n_feats
         else:

@@ -40,6 +40,7 @@ class RDN(nn.Module):
         self.RDBs = nn.ModuleList([RDB(G0, G, C, k) for _ in range(D)])
         self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=(k - 1) // 2))
         self.no_upsampling = no_upsampling
+        self.receptive_radius = (k // 2) * (D * C + 3)   # SFENet1, SFENet2, D*C dense convs, GFF 3x3
         if no_upsampling:
             self.out_dim = G0
             return

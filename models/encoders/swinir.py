@@ -208,6 +208,8 @@ class SwinIR(nn.Module):
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.out_dim = num_feat
+        # shifted-window attention: features depend on window partitions, tiling is approximate
+        self.receptive_radius = None
         self.apply(self._init_weights)
 
     @staticmethod
