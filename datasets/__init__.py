@@ -1,0 +1,17 @@
+"""Datasets: image folders and the super-resolution wrappers, built by name from specs.
+
+    >>> import datasets
+    >>> hr = datasets.make({'name': 'image-folder', 'args': {'root_path': 'load/div2k/DIV2K_train_HR'}})
+    >>> train = datasets.make({'name': 'sr-implicit-downsampled',
+    ...                        'args': {'inp_size': 48, 'scale_max': 4, 'augment': True, 'sample_q': 2304}},
+    ...                       args={'dataset': hr})
+
+Registered names (the published ones, spec §6, plus IGConv's integer-scale wrapper): ``image-folder``,
+``paired-image-folders``, ``sr-implicit-downsampled``, ``sr-implicit-paired``,
+``sr-implicit-uniform-varied``, ``sr-integer-downsampled``. ``datasets.samplers.ScaleBatchSampler``
+forms single-scale batches for the latter.
+"""
+from .registry import DatasetError, DatasetSpecError, get_dataset_class, list_datasets, make, register
+
+from . import image_folder, wrappers  # noqa: E402,F401  (populate the registry)
+from .samplers import ScaleBatchSampler  # noqa: E402,F401

@@ -1,0 +1,36 @@
+"""Non-learned baselines, registered like models so that test.py and demo.py report them the same way."""
+import torch
+from torch import nn
+
+from utils.imresize import imresize
+
+from .registry import register
+
+
+@register('bicubic')
+class Bicubic(nn.Module):
+    """MATLAB-style bicubic interpolation (``imresize(lr, [H W], 'bicubic')``) to any output size.
+
+    Works on normalised images ((x - 0.5) / 0.5) like every model. With ``quantize`` (default) the LR
+    is taken as 8-bit and each 1-D pass is rounded to 8 bits, as MATLAB does on uint8 images, which
+    reproduces the classic bicubic benchmark numbers.
+    """
+
+    max_train_scale = float('inf')   # no cell clipping: it has no cells
+
+    def __init__(self, quantize=True):
+        super().__init__()
+        self.quantize = quantize
+
+    def upscale_to(self, inp, size):
+        """inp (B, 3, h, w) normalised -> (B, 3, H, W) normalised."""
+        x = inp * 0.5 + 0.5
+        if self.quantize:
+            x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+            x = imresize(x, size=size).to(inp.dtype) / 255
+        else:
+            x = imresize(x, size=size)
+        return (x - 0.5) / 0.5
+
+    def forward(self, inp, size):
+        return self.upscale_to(inp, size)
