@@ -70,7 +70,7 @@ class ImageFolder(Dataset):
     """The images of a folder, sorted by name, as float RGB (3, H, W) tensors.
 
     Args:
-        root_path: the folder.
+        root_path: the folder, or a list of folders whose files are concatenated (each sorted).
         split_file, split_key: take the file names from ``json.load(split_file)[split_key]`` instead.
         first_k: keep only the first k files.
         repeat: the dataset has ``repeat`` x n items; item i is file i mod n.
@@ -82,20 +82,28 @@ class ImageFolder(Dataset):
             raise DatasetError(f'image-folder: cache must be one of {", ".join(CACHE_MODES)}, got {cache!r}')
         if int(repeat) < 1:
             raise DatasetError(f'image-folder: repeat must be >= 1, got {repeat!r}')
-        root = os.path.normpath(os.fspath(root_path))
-        self.root, self.repeat, self.cache = root, int(repeat), cache
-        self.files = _list_files(root, split_file, split_key, first_k)
+        roots = [root_path] if isinstance(root_path, (str, os.PathLike)) else list(root_path)
+        if not roots:
+            raise DatasetError('image-folder: root_path is an empty list')
+        roots = [os.path.normpath(os.fspath(r)) for r in roots]
+        self.root, self.repeat, self.cache = roots[0] if len(roots) == 1 else roots, int(repeat), cache
+        self.files = [f for r in roots for f in _list_files(r, split_file, split_key, None)]
+        if first_k is not None:
+            self.files = self.files[:first_k]
         self.arrays = None
         self.bin_files = None
         if cache == 'in_memory':
             self.arrays = [load_array(f)[0] for f in self.files]
         elif cache == 'bin':
-            bin_root = os.path.join(os.path.dirname(root), '_bin_' + os.path.basename(root))
-            try:
-                os.makedirs(bin_root, exist_ok=True)
-            except OSError as e:
-                raise DatasetError(f'cannot create the bin cache folder {bin_root}: {e.strerror or e}') from None
-            self.bin_files = [_bin_file(f, bin_root) for f in self.files]
+            self.bin_files = []
+            for f in self.files:
+                root = os.path.dirname(f)
+                bin_root = os.path.join(os.path.dirname(root), '_bin_' + os.path.basename(root))
+                try:
+                    os.makedirs(bin_root, exist_ok=True)
+                except OSError as e:
+                    raise DatasetError(f'cannot create the bin cache folder {bin_root}: {e.strerror or e}') from None
+                self.bin_files.append(_bin_file(f, bin_root))
 
     def __len__(self):
         return len(self.files) * self.repeat

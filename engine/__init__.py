@@ -1,0 +1,1 @@
+"""Engines behind the scripts: inference (tiling, chunked queries), evaluation and training loops."""

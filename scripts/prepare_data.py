@@ -1,0 +1,175 @@
+"""Download and lay out DIV2K and the SR benchmarks under load/ (the paths every config uses).
+
+    python scripts/prepare_data.py                      # everything: DIV2K (HR + bicubic LR x2-x4) + benchmarks
+    python scripts/prepare_data.py --only benchmark     # Set5, Set14, B100, Urban100 (HR + LR_bicubic/X2-X4)
+    python scripts/prepare_data.py --from-dir ~/archives  # use archives you already downloaded
+
+Layout produced (what configs/ expect):
+
+    load/div2k/DIV2K_train_HR/0001.png ...            load/div2k/DIV2K_valid_HR/0801.png ...
+    load/div2k/DIV2K_train_LR_bicubic/X2/0001x2.png   load/div2k/DIV2K_valid_LR_bicubic/X4/0801x4.png
+    load/benchmark/Set5/HR/baby.png                   load/benchmark/Set5/LR_bicubic/X2/babyx2.png
+
+Manga109 is not redistributed in the benchmark archive; request it from its authors and place it as
+load/benchmark/Manga109/{HR,LR_bicubic/X2..X4} (make the LR files with utils.imresize.matlab_downscale_uint8).
+
+Downloads go to <root>/_downloads/ as .part files that are renamed only when complete; archives are
+extracted safely (no paths outside the target) and a folder that already exists is left alone.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+
+DIV2K_URL = 'https://data.vision.ee.ethz.ch/cvl/DIV2K/'
+BENCHMARK_URL = 'https://cv.snu.ac.kr/research/EDSR/'
+
+# archive name -> (base url key, folder it must produce relative to its destination, destination)
+ARCHIVES = {
+    'DIV2K_train_HR.zip': ('div2k', 'DIV2K_train_HR', 'div2k'),
+    'DIV2K_valid_HR.zip': ('div2k', 'DIV2K_valid_HR', 'div2k'),
+    **{f'DIV2K_{split}_LR_bicubic_X{s}.zip': ('div2k', f'DIV2K_{split}_LR_bicubic/X{s}', 'div2k')
+       for split in ('train', 'valid') for s in (2, 3, 4)},
+    'benchmark.tar': ('benchmark', 'benchmark/Set5/HR', '.'),
+}
+GROUPS = {'div2k': [a for a in ARCHIVES if a.startswith('DIV2K')], 'benchmark': ['benchmark.tar']}
+
+
+class PrepareError(RuntimeError):
+    pass
+
+
+def download(url, target, quiet=False):
+    """Fetch ``url`` to ``target`` via ``target.part``; skip if ``target`` exists."""
+    if os.path.exists(target):
+        return target
+    part = target + '.part'
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f:
+            total = int(r.headers.get('Content-Length') or 0)
+            bar = None
+            if not quiet:
+                from tqdm import tqdm
+                bar = tqdm(total=total or None, unit='B', unit_scale=True, desc=os.path.basename(target))
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                if bar:
+                    bar.update(len(chunk))
+            if bar:
+                bar.close()
+            if total and f.tell() != total:
+                raise PrepareError(f'{url}: incomplete download ({f.tell()} of {total} bytes)')
+    except (urllib.error.URLError, OSError) as e:
+        if os.path.exists(part):
+            os.remove(part)
+        raise PrepareError(f'cannot download {url}: {getattr(e, "reason", e)}') from None
+    os.replace(part, target)
+    return target
+
+
+def _safe_members(names, dest):
+    root = os.path.realpath(dest)
+    for name in names:
+        path = os.path.realpath(os.path.join(dest, name))
+        if path != root and not path.startswith(root + os.sep):
+            raise PrepareError(f'archive member {name!r} would be written outside {dest}; refusing')
+
+
+def extract(archive, dest):
+    """Extract a zip or tar archive into ``dest`` (via a temporary folder, then moved into place)."""
+    tmp = dest.rstrip('/') + '/.extracting'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                _safe_members(z.namelist(), tmp)
+                z.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as t:
+                members = t.getmembers()
+                _safe_members([m.name for m in members], tmp)
+                if any(m.issym() or m.islnk() for m in members):
+                    raise PrepareError(f'{archive}: contains links; refusing')
+                t.extractall(tmp)
+        else:
+            raise PrepareError(f'{archive}: not a zip or tar archive')
+        for entry in os.listdir(tmp):
+            target = os.path.join(dest, entry)
+            if os.path.exists(target):
+                _merge(os.path.join(tmp, entry), target)
+            else:
+                os.replace(os.path.join(tmp, entry), target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge(src, dst):
+    """Move the parts of ``src`` missing in ``dst`` (LR archives share the DIV2K_*_LR_bicubic folder)."""
+    for entry in os.listdir(src):
+        s, d = os.path.join(src, entry), os.path.join(dst, entry)
+        if os.path.isdir(s) and os.path.isdir(d):
+            _merge(s, d)
+        elif not os.path.exists(d):
+            os.replace(s, d)
+
+
+def prepare(root='load', only=None, from_dir=None, urls=None, quiet=False, keep_archives=True):
+    urls = {'div2k': DIV2K_URL, 'benchmark': BENCHMARK_URL, **(urls or {})}
+    names = [a for g in (only or GROUPS) for a in GROUPS[g]]
+    downloads = os.path.join(root, '_downloads')
+    os.makedirs(downloads, exist_ok=True)
+    done = []
+    for name in names:
+        key, produces, dest = ARCHIVES[name]
+        dest = os.path.join(root, dest)
+        os.makedirs(dest, exist_ok=True)
+        if os.path.isdir(os.path.join(dest, produces)) and os.listdir(os.path.join(dest, produces)):
+            done.append(f'{os.path.join(dest, produces)} (already there)')
+            continue
+        if from_dir:
+            archive = os.path.join(from_dir, name)
+            if not os.path.exists(archive):
+                raise PrepareError(f'{archive} not found (--from-dir)')
+        else:
+            archive = download(urls[key].rstrip('/') + '/' + name, os.path.join(downloads, name), quiet)
+        extract(archive, dest)
+        if not os.path.isdir(os.path.join(dest, produces)):
+            raise PrepareError(f'{name} did not produce {os.path.join(dest, produces)}')
+        if not keep_archives and not from_dir:
+            os.remove(archive)
+        done.append(os.path.join(dest, produces))
+    return done
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--root', default='load', help='where the data goes (default: load)')
+    p.add_argument('--only', nargs='+', choices=sorted(GROUPS), help='prepare only these groups')
+    p.add_argument('--from-dir', help='take the archives from this folder instead of downloading')
+    p.add_argument('--div2k-url', default=DIV2K_URL, help=f'base URL of the DIV2K archives (default {DIV2K_URL})')
+    p.add_argument('--benchmark-url', default=BENCHMARK_URL,
+                   help=f'base URL of benchmark.tar (default {BENCHMARK_URL})')
+    p.add_argument('--delete-archives', action='store_true', help='remove downloaded archives after extraction')
+    p.add_argument('--quiet', action='store_true')
+    args = p.parse_args(argv)
+    try:
+        done = prepare(args.root, args.only, args.from_dir, {'div2k': args.div2k_url, 'benchmark': args.benchmark_url},
+                       args.quiet, keep_archives=not args.delete_archives)
+    except PrepareError as e:
+        print(f'prepare_data.py: error: {e}', file=sys.stderr)
+        return 1
+    for d in done:
+        print('ready:', d)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""scripts/prepare_data.py against a local HTTP server serving small fake archives (never the internet)."""
+import functools
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts import prepare_data
+
+
+def png_bytes(size=8):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(buf, format='PNG')
+    return buf.getvalue()
+
+
+def make_archives(folder):
+    folder.mkdir()
+    for split, first in (('train', 1), ('valid', 801)):
+        with zipfile.ZipFile(folder / f'DIV2K_{split}_HR.zip', 'w') as z:
+            z.writestr(f'DIV2K_{split}_HR/{first:04d}.png', png_bytes(24))
+        for s in (2, 3, 4):
+            with zipfile.ZipFile(folder / f'DIV2K_{split}_LR_bicubic_X{s}.zip', 'w') as z:
+                z.writestr(f'DIV2K_{split}_LR_bicubic/X{s}/{first:04d}x{s}.png', png_bytes(24 // s))
+    with tarfile.open(folder / 'benchmark.tar', 'w') as t:
+        for name, data in [('benchmark/Set5/HR/baby.png', png_bytes(24)),
+                           ('benchmark/Set5/LR_bicubic/X2/babyx2.png', png_bytes(12))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return folder
+
+
+@pytest.fixture
+def server(tmp_path):
+    archives = make_archives(tmp_path / 'www')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archives))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}/', archives
+    httpd.shutdown()
+
+
+def test_downloads_and_lays_out_everything(tmp_path, server):
+    url, _ = server
+    root = tmp_path / 'load'
+    assert prepare_data.main(['--root', str(root), '--div2k-url', url, '--benchmark-url', url, '--quiet']) == 0
+    for path in ['div2k/DIV2K_train_HR/0001.png', 'div2k/DIV2K_valid_HR/0801.png',
+                 'div2k/DIV2K_train_LR_bicubic/X2/0001x2.png', 'div2k/DIV2K_valid_LR_bicubic/X4/0801x4.png',
+                 'benchmark/Set5/HR/baby.png', 'benchmark/Set5/LR_bicubic/X2/babyx2.png']:
+        assert (root / path).is_file(), path
+    assert not list((root / '_downloads').glob('*.part'))
+    # a second run finds everything in place and downloads nothing
+    assert prepare_data.prepare(str(root), urls={'div2k': url + 'missing/', 'benchmark': url + 'missing/'},
+                                quiet=True)
+
+
+def test_from_dir_and_errors(tmp_path, server, capsys):
+    _, archives = server
+    root = tmp_path / 'load'
+    assert prepare_data.main(['--root', str(root), '--only', 'benchmark', '--from-dir', str(archives)]) == 0
+    assert (root / 'benchmark/Set5/HR/baby.png').is_file()
+    assert prepare_data.main(['--root', str(tmp_path / 'x'), '--only', 'benchmark',
+                              '--benchmark-url', 'http://127.0.0.1:9/', '--quiet']) == 1
+    assert 'cannot download' in capsys.readouterr().err
+
+
+def test_archive_escaping_its_folder_is_refused(tmp_path):
+    bad = tmp_path / 'benchmark.tar'
+    with tarfile.open(bad, 'w') as t:
+        info = tarfile.TarInfo('../../evil.txt')
+        info.size = 1
+        t.addfile(info, io.BytesIO(b'x'))
+    dest = tmp_path / 'dest'
+    dest.mkdir()
+    with pytest.raises(prepare_data.PrepareError, match='outside'):
+        prepare_data.extract(str(bad), str(dest))
+    assert not (tmp_path / 'evil.txt').exists()
