@@ -99,6 +99,13 @@ class RandomWrapper(Dataset):
     def __len__(self):
         return len(self.dataset)
 
+    def implicit_item(self, rng, crop_lr, crop_hr):
+        """The same flips for LR and HR, then ``sample_q`` HR queries: {inp, coord, cell, gt}."""
+        flips = draw_flips(rng, self.augment)
+        crop_lr, crop_hr = apply_flips(crop_lr, flips), apply_flips(crop_hr, flips)
+        coord, cell, gt = query_samples(crop_hr, self.sample_q, rng)
+        return {'inp': crop_lr.contiguous(), 'coord': coord, 'cell': cell, 'gt': gt}
+
 
 @register('sr-implicit-downsampled')
 class SRImplicitDownsampled(RandomWrapper):
@@ -137,10 +144,7 @@ class SRImplicitDownsampled(RandomWrapper):
             y0, x0 = random_crop_origin(rng, img.shape[-2:], w_hr, _describe(self.dataset, idx))
             crop_hr = img[:, y0:y0 + w_hr, x0:x0 + w_hr]
             crop_lr = pil_bicubic_resize(crop_hr, (self.inp_size, self.inp_size))
-        flips = draw_flips(rng, self.augment)
-        crop_lr, crop_hr = apply_flips(crop_lr, flips), apply_flips(crop_hr, flips)
-        coord, cell, gt = query_samples(crop_hr, self.sample_q, rng)
-        return {'inp': crop_lr.contiguous(), 'coord': coord, 'cell': cell, 'gt': gt}
+        return self.implicit_item(rng, crop_lr, crop_hr)
 
 
 @register('sr-implicit-paired')
@@ -172,10 +176,7 @@ class SRImplicitPaired(RandomWrapper):
             crop_lr = img_lr[:, y0:y0 + self.inp_size, x0:x0 + self.inp_size]
             w_hr = self.inp_size * s
             crop_hr = img_hr[:, y0 * s:y0 * s + w_hr, x0 * s:x0 * s + w_hr]
-        flips = draw_flips(rng, self.augment)
-        crop_lr, crop_hr = apply_flips(crop_lr, flips), apply_flips(crop_hr, flips)
-        coord, cell, gt = query_samples(crop_hr, self.sample_q, rng)
-        return {'inp': crop_lr.contiguous(), 'coord': coord, 'cell': cell, 'gt': gt}
+        return self.implicit_item(rng, crop_lr, crop_hr)
 
 
 @register('sr-implicit-uniform-varied')

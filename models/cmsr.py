@@ -16,12 +16,12 @@ batch > 1 is handled image by image, levels that select nothing are skipped, and
 always resampled to the exact target grid.
 """
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import yaml
 
+from utils.config import load_yaml
 from utils.coords import make_coord, nearest_index
 from utils.io import atomic_write
 
@@ -60,14 +60,7 @@ def validate_tables(tables, source='table'):
 
 def load_tables(path):
     """Read a Scale2Mod YAML file (ours or the shipped ``*_mse2e-5.yaml`` files)."""
-    if not os.path.isfile(path):
-        raise CMSRError(f'CMSR table file not found: {path}')
-    try:
-        with open(path) as f:
-            tables = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise CMSRError(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
-    return validate_tables(tables, path)
+    return validate_tables(load_yaml(path, 'CMSR table file', CMSRError), path)
 
 
 def save_tables(path, tables):
@@ -178,13 +171,13 @@ def render(model, state, coord, tables, bsize=None, stats=None, exact_grid=False
     """
     if coord.shape[0] != 1:
         raise ValueError('cmsr.render takes one image; LM models loop over the batch')
-    h, w = state.size
+    h, w = state.grid.size
     Q = coord.shape[1]
     S = math.sqrt(Q / (h * w))
     _, table = choose_table(tables, S)
     lv = levels(table, S)
     m = modulation_intensity(model, state)
-    fc = state.get('feat_coord')
+    fc = state.grid.feat_coord
     fc = (make_coord((h, w), device=coord.device) if fc is None else fc[0]).view(h, w, 2)
     # which points each level renders
     plan, pts, cells = [], [], []

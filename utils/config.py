@@ -9,14 +9,20 @@ class ConfigError(ValueError):
     """A config file is missing, malformed or lacks a required entry."""
 
 
-def load_config(path):
+def load_yaml(path, what='config', error=None):
+    """Parse a YAML file; a missing file or a syntax error raises ``error`` (default ConfigError) in one line."""
+    error = error or ConfigError
     if not os.path.isfile(path):
-        raise ConfigError(f'config not found: {path}')
+        raise error(f'{what} not found: {path}')
     try:
         with open(path) as f:
-            cfg = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
+        raise error(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
+
+
+def load_config(path):
+    cfg = load_yaml(path)
     if not isinstance(cfg, dict):
         raise ConfigError(f'{path}: expected a mapping at the top level')
     return cfg

@@ -4,6 +4,12 @@ import os
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
     """Open a temporary file next to ``path``; on success fsync and rename it over ``path``.
@@ -14,6 +20,7 @@ def atomic_write(path, mode='wb'):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the target normal permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f

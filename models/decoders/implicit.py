@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from utils.coords import coord_axis, nearest_index
+from utils.coords import coord_axis
 
 from .. import registry
 
@@ -60,50 +60,65 @@ def gather(table, index):
     return table.index_select(0, index)
 
 
-def lookup(coord, size, feat_coord=None, shift=(0.0, 0.0)):
-    """Nearest LR pixel of (shifted, clamped) queries and the centre of that pixel.
+class LRGrid:
+    """The LR pixel grid of one feature map (h, w) and the constants its lookups need, built once per
+    image (``prepare``) rather than per query chunk.
 
     Args:
-        coord: (B, Q, 2) queries.
-        size: (h, w) of the feature map.
-        feat_coord: optional (B, h*w, 2) pixel-centre table (``inp_coord``); default: the regular grid.
-        shift: added to (row, col) before clamping.
-    Returns:
-        index (B, Q) long, centre (B, Q, 2).
+        size: (h, w).
+        like: a tensor giving device and dtype.
+        feat_coord: optional (B, h*w, 2) table of pixel centres (``inp_coord``); default the regular
+            ``make_coord`` grid.
     """
-    h, w = size
-    cy = (coord[..., 0] + shift[0]).clamp_(-CLAMP, CLAMP)
-    cx = (coord[..., 1] + shift[1]).clamp_(-CLAMP, CLAMP)
-    iy, ix = nearest_index(cy, h), nearest_index(cx, w)
-    index = iy * w + ix
-    if feat_coord is None:
-        centre = torch.stack([coord_axis(h, device=coord.device)[iy], coord_axis(w, device=coord.device)[ix]], -1)
-    else:
-        centre = gather(feat_coord.reshape(-1, 2), flat_index(index, h * w)).view(*index.shape, 2)
-    return index, centre
 
+    def __init__(self, size, like, feat_coord=None):
+        h, w = size
+        self.size = (h, w)
+        self.feat_coord = feat_coord
+        self.axis_y = coord_axis(h, device=like.device).to(like.dtype)
+        self.axis_x = coord_axis(w, device=like.device).to(like.dtype)
+        self.half = like.new_tensor([h / 2, w / 2])
+        self.scale = like.new_tensor([h, w])
+        self.ensemble_shifts = like.new_tensor(
+            [(vy / h + EPS_SHIFT, vx / w + EPS_SHIFT) for vy, vx in ENSEMBLE_OFFSETS]).view(-1, 1, 1, 2)
 
-def neighbours(coord, size, local_ensemble=True, feat_coord=None):
-    """The §0.4 ensemble geometry for queries ``coord`` (B, Q, 2) on a feature map of ``size``."""
-    h, w = size
-    if local_ensemble:
-        shifts = [(vy / h + EPS_SHIFT, vx / w + EPS_SHIFT) for vy, vx in ENSEMBLE_OFFSETS]
-    else:
-        shifts = [(0.0, 0.0)]
-    scale = coord.new_tensor([h, w])
-    indices, rels, areas = [], [], []
-    for shift in shifts:
-        index, centre = lookup(coord, size, feat_coord, shift)
-        rel = (coord - centre) * scale
-        indices.append(index)
-        rels.append(rel)
-        areas.append((rel[..., 0] * rel[..., 1]).abs() + 1e-9)
-    areas = torch.stack(areas)
-    if local_ensemble:
-        weight = areas.flip(0) / areas.sum(0)
-    else:
-        weight = areas / areas
-    return Neighbours(torch.stack(indices), torch.stack(rels), weight)
+    def pixels(self, shifted):
+        """Nearest LR pixel of clamped queries (..., 2), as ``grid_sample(mode='nearest')`` picks it.
+
+        Returns the flat index ``y*w + x`` (...) and the pixel centre (..., 2). The unnormalisation
+        ``(c + 1) * (size / 2) - 0.5`` and round-half-to-even match PyTorch's CPU kernel (see
+        ``utils.coords.nearest_index``).
+        """
+        h, w = self.size
+        pos = torch.round((shifted + 1).mul_(self.half).sub_(0.5))
+        iy = pos[..., 0].clamp_(0, h - 1).long()
+        ix = pos[..., 1].clamp_(0, w - 1).long()
+        flat = iy * w + ix
+        if self.feat_coord is None:
+            centre = torch.stack([self.axis_y[iy], self.axis_x[ix]], -1)
+        else:
+            centre = gather(self.feat_coord.reshape(-1, 2), flat_index(flat, h * w)).view(*flat.shape, 2)
+        return flat, centre
+
+    def lookup(self, coord, shift=(0.0, 0.0)):
+        """Nearest pixel (B, Q) and its centre (B, Q, 2) of queries shifted by ``shift`` and clamped."""
+        return self.pixels((coord + coord.new_tensor(shift)).clamp_(-CLAMP, CLAMP))
+
+    def neighbours(self, coord, local_ensemble=True):
+        """The §0.4 ensemble geometry of queries (B, Q, 2); all K neighbours at once on (K, B, Q, 2)."""
+        if local_ensemble:
+            shifted = (coord.unsqueeze(0) + self.ensemble_shifts).clamp_(-CLAMP, CLAMP)
+        else:
+            shifted = coord.clamp(-CLAMP, CLAMP).unsqueeze(0)
+        index, centre = self.pixels(shifted)
+        rel = (coord - centre).mul_(self.scale)
+        area = (rel[..., 0] * rel[..., 1]).abs_().add_(1e-9)
+        weight = area.flip(0) / area.sum(0) if local_ensemble else area / area
+        return Neighbours(index, rel, weight)
+
+    def relative_cell(self, cell):
+        """cell (..., 2) in normalised units -> in LR pixels (2 / scale for a full grid)."""
+        return cell * self.scale
 
 
 def blend(preds, weight):
@@ -115,7 +130,7 @@ def blend(preds, weight):
 
 
 def relative_cell(cell, size):
-    """cell (B, Q, 2) in target-pixel units -> size of a target pixel in LR pixels, times 2."""
+    """cell (..., 2) in normalised units -> in LR pixels (2 / scale for a full grid)."""
     return cell * cell.new_tensor(size)
 
 

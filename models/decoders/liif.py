@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from .. import registry
 from ..registry import register
-from .implicit import ImplicitDecoder, State, blend, flat_index, gather, neighbours, pixel_table, relative_cell
+from .implicit import ImplicitDecoder, LRGrid, State, blend, flat_index, gather, pixel_table
 
 
 def unfold3x3(feat):
@@ -38,17 +38,18 @@ class LIIF(ImplicitDecoder):
         feat = self.encoder(inp)
         if self.imnet is not None and self.feat_unfold:
             feat = unfold3x3(feat)
-        return State(table=pixel_table(feat), size=feat.shape[-2:])
+        return State(table=pixel_table(feat), grid=LRGrid(feat.shape[-2:], feat))
 
     def query(self, state, coord, cell):
-        h, w = state.size
+        grid = state.grid
+        h, w = grid.size
         if self.imnet is None:
-            nb = neighbours(coord, (h, w), local_ensemble=False)
-            return gather(state.table, flat_index(nb.index[0], h * w)).view(*coord.shape[:2], -1)
-        nb = neighbours(coord, (h, w), self.local_ensemble)
+            index, _ = grid.lookup(coord)
+            return gather(state.table, flat_index(index, h * w)).view(*coord.shape[:2], -1)
+        nb = grid.neighbours(coord, self.local_ensemble)
         K, B, Q = nb.index.shape
         parts = [gather(state.table, flat_index(nb.index, h * w)).view(K, B, Q, -1), nb.rel_coord]
         if self.cell_decode:
-            parts.append(relative_cell(cell, (h, w)).unsqueeze(0).expand(K, B, Q, 2))
+            parts.append(grid.relative_cell(cell).unsqueeze(0).expand(K, B, Q, 2))
         preds = self.imnet(torch.cat(parts, dim=-1))
         return blend(preds, nb.weight)

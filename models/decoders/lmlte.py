@@ -2,13 +2,14 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
 from ..registry import register
-from .implicit import State, feat_coord_table, gather, pixel_table
+from .implicit import LRGrid, State, feat_coord_table, gather
 from .lmliif import LMDecoder
-from .lte import bilinear_skip, fourier_basis
+from .lte import bilinear_skip
 
 
 @register('lmlte')
@@ -48,18 +49,35 @@ class LMLTE(LMDecoder):
             g = g + self.phase(self.hidden_cell(cell, (h, w))).view(B, 1, 1, -1)
         g = g * math.pi
         mod = self.hypernet(coef * torch.cat([torch.cos(g), torch.sin(g)], dim=-1)).reshape(B * h * w, -1)
-        if self.mod_input:
-            hd = self.imnet.hidden_dim
-            amp = mod[:, self.mod_dim:self.mod_dim + hd].contiguous()
-            frq = mod[:, self.mod_dim + hd:self.mod_dim + 2 * hd].contiguous()
+        if self.mod_input:   # render amplitude map A and frequency map F (interleaved pairs)
+            amp, frq = mod[:, self.mod_dim:].chunk(2, dim=1)
         else:
             amp, frq = coef.reshape(B * h * w, -1), freq.reshape(B * h * w, -1)
-        return State(inp=inp, mod=mod, amp=amp, frq=frq, size=(h, w),
-                     feat_coord=feat_coord_table(inp_coord, feat))
+        # one table per pixel, [A | F_y | F_x]: a single gather per query and contiguous-ish halves
+        basis = torch.cat([amp, frq[:, 0::2], frq[:, 1::2]], dim=1).contiguous()
+        return State(inp=inp, mod=mod, basis=basis,
+                     grid=LRGrid((h, w), feat, feat_coord_table(inp_coord, feat)))
 
     def render_input(self, state, idx, rel, rel_cell):
-        phase = (self.imphase if self.mod_input else self.phase)(rel_cell) if self.cell_decode else 0
-        return gather(state.amp, idx) * fourier_basis(gather(state.frq, idx), rel, phase)
+        """``A(p) * [cos(pi g), sin(pi g)]`` with ``g = F_y(p) rel_y + F_x(p) rel_x + phase(rel_cell)``.
+
+        ``rel_cell`` is per query (B*q, 2); its phase is computed once and shared by the K neighbours.
+        """
+        t = gather(self.table(state, 'basis') if not self.training else state.basis, idx)
+        n = t.shape[1] // 4
+        amp, fy, fx = t[:, :2 * n], t[:, 2 * n:3 * n], t[:, 3 * n:]
+        g = fy * rel[:, :1]
+        g.addcmul_(fx, rel[:, 1:])
+        if self.cell_decode:
+            layer = self.imphase if self.mod_input else self.phase
+            g.view(-1, rel_cell.shape[0], n).add_(F.linear(rel_cell, layer.weight.to(rel_cell.dtype)))
+        g.mul_(math.pi)
+        return torch.cat([torch.cos(g), torch.sin(g)], dim=1).mul_(amp)
+
+    def render_layer0(self, state, idx, rel, rel_cell):
+        layer = self.imnet.hidden(0)
+        x = self.render_input(state, idx, rel, rel_cell)
+        return F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
 
     def skip(self, state, coord):
         return bilinear_skip(state.inp, coord)

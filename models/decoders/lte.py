@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import registry
 from ..registry import register
-from .implicit import ImplicitDecoder, State, blend, flat_index, gather, neighbours, pixel_table, relative_cell
+from .implicit import ImplicitDecoder, LRGrid, State, blend, flat_index, gather, pixel_table
 
 
 def fourier_basis(freq, rel_coord, phase):
@@ -45,15 +45,16 @@ class LTE(ImplicitDecoder):
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)
         return State(inp=inp, coef=pixel_table(self.coef(feat)), freq=pixel_table(self.freq(feat)),
-                     size=feat.shape[-2:])
+                     grid=LRGrid(feat.shape[-2:], feat))
 
     def query(self, state, coord, cell):
-        h, w = state.size
-        nb = neighbours(coord, (h, w))
+        grid = state.grid
+        h, w = grid.size
+        nb = grid.neighbours(coord)
         K, B, Q = nb.index.shape
         idx = flat_index(nb.index, h * w)
         coef = gather(state.coef, idx).view(K, B, Q, -1)
         freq = gather(state.freq, idx).view(K, B, Q, -1)
-        phase = self.phase(relative_cell(cell, (h, w)))
+        phase = self.phase(grid.relative_cell(cell))
         preds = self.imnet(coef * fourier_basis(freq, nb.rel_coord, phase))
         return blend(preds, nb.weight) + bilinear_skip(state.inp, coord)

@@ -3,7 +3,7 @@ import torch
 
 from .. import registry
 from ..registry import register
-from .implicit import ImplicitDecoder, State, flat_index, gather, lookup, pixel_table
+from .implicit import ImplicitDecoder, LRGrid, State, flat_index, gather, pixel_table
 from .liif import unfold3x3
 
 
@@ -23,13 +23,13 @@ class MetaSR(ImplicitDecoder):
 
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = unfold3x3(self.encoder(inp))
-        return State(table=pixel_table(feat), size=feat.shape[-2:])
+        return State(table=pixel_table(feat), grid=LRGrid(feat.shape[-2:], feat))
 
     def query(self, state, coord, cell):
-        h, w = state.size
+        h, w = state.grid.size
         B, Q = coord.shape[:2]
         shifted = coord - cell / 2
-        index, centre = lookup(shifted, (h, w), shift=(1e-6, 1e-6))
+        index, centre = state.grid.lookup(shifted, shift=(1e-6, 1e-6))
         top_left = torch.stack([centre[..., 0] - 1 / h, centre[..., 1] - 1 / w], -1)
         rel = (shifted - top_left) * shifted.new_tensor([h / 2, w / 2])
         r = cell[..., :1] * (h / 2)

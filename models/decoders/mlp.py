@@ -111,19 +111,25 @@ class LMMLP(nn.Module):
             tables.append(torch.cat(parts, dim=1).contiguous())
         return tables
 
-    def forward_gathered(self, x, tables, index):
-        """x: (N, in_dim); tables: from ``modulation_tables``; index: (N,) rows of the tables."""
+    def forward_gathered(self, x, tables, index, skip_layer0=False):
+        """x: (N, in_dim); tables: from ``modulation_tables``; index: (N,) rows of the tables.
+
+        With ``skip_layer0``, ``x`` is already the pre-activation of ``layers.0`` (N, hd); its
+        modulation is still applied (the published mode (d)). Runs in ``x``'s dtype (weights are cast).
+        """
         hd = self.hidden_dim
         for k in range(self.hidden_depth):
             layer = self.hidden(k)
+            a = x if (k == 0 and skip_layer0) else F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
             m = tables[k].index_select(0, index)
             if self.mod_scale and self.mod_shift:
-                x = torch.addcmul(m[:, hd:], F.linear(x, layer.weight, layer.bias), m[:, :hd])
+                x = torch.addcmul(m[:, hd:], a, m[:, :hd])
             elif self.mod_scale:
-                x = F.linear(x, layer.weight, layer.bias) * m
+                x = a * m
             elif self.mod_shift:
-                x = F.linear(x, layer.weight, layer.bias) + m
+                x = a + m
             else:
-                x = F.linear(x, layer.weight, layer.bias)
+                x = a
             x = torch.relu_(x)
-        return self.layers[-1](x)
+        out = self.layers[-1]
+        return F.linear(x, out.weight.to(x.dtype), out.bias.to(x.dtype))

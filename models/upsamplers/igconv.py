@@ -267,7 +267,15 @@ class IGConv(ImplicitKernelGenerator):
         """
         r = check_integer_scale(scale)
         weight = self._final_kernel(r)
-        return InstantiatedIGConv(weight, r).to(device=weight.device, dtype=weight.dtype)
+        return InstantiatedIGConv(weight, r)
+
+
+def fixed_conv(weight):
+    """A bias-free 'same' Conv2d holding a generated kernel (out, in, k, k) as its weight."""
+    out_ch, dim, k, _ = weight.shape
+    conv = nn.Conv2d(dim, out_ch, k, padding=k // 2, bias=False, device=weight.device, dtype=weight.dtype)
+    conv.weight = nn.Parameter(weight.detach().clone())
+    return conv
 
 
 class InstantiatedIGConv(nn.Module):
@@ -275,10 +283,8 @@ class InstantiatedIGConv(nn.Module):
 
     def __init__(self, weight, scale):
         super().__init__()
-        out_ch, dim, k, _ = weight.shape
         self.scale = int(scale)
-        self.conv = nn.Conv2d(dim, out_ch, k, padding=k // 2, bias=False)
-        self.conv.weight.data.copy_(weight)
+        self.conv = fixed_conv(weight)
         self.shuffle = nn.PixelShuffle(self.scale)
 
     def forward(self, feat, scale=None, add_val=None):

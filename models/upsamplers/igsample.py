@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register
-from .igconv import ImplicitKernelGenerator, check_integer_scale
+from .igconv import ImplicitKernelGenerator, check_integer_scale, fixed_conv
 
 #: Output channels per (kernel element, sub-pixel): 2 axes x 3 colours for offsets, the same for scope.
 N_OUT = 12
@@ -108,7 +108,7 @@ class IGSample(nn.Module):
         """IGSample folded at one scale: a fixed bias-free conv (12 r^2 C k^2 weights) + the resampling."""
         r = check_integer_scale(scale)
         weight = self.convs._final_kernel(r)
-        return InstantiatedIGSample(weight, r).to(device=weight.device, dtype=weight.dtype)
+        return InstantiatedIGSample(weight, r)
 
 
 class InstantiatedIGSample(nn.Module):
@@ -116,10 +116,8 @@ class InstantiatedIGSample(nn.Module):
 
     def __init__(self, weight, scale):
         super().__init__()
-        out_ch, dim, k, _ = weight.shape
         self.scale = int(scale)
-        self.conv = nn.Conv2d(dim, out_ch, k, padding=k // 2, bias=False)
-        self.conv.weight.data.copy_(weight)
+        self.conv = fixed_conv(weight)
 
     def forward(self, img, feat, scale=None):
         if scale is not None and check_integer_scale(scale) != self.scale:

@@ -1,0 +1,344 @@
+"""Efficiency benchmark: parameters, MACs, latency and peak memory per model and scale.
+
+    python scripts/benchmark.py                                   # 320x180 input, default rows, CPU
+    python scripts/benchmark.py --input 160x90 --scales 2,4,8 --models liif,lmliif,lte,lmlte
+    python scripts/benchmark.py --device cuda --render-mode compile
+
+Every model uses the full EDSR-baseline encoder (random weights, which do not change the cost), except the
+CMSR rows, which need a trained LM model and its Scale2Mod table (--lmliif-checkpoint / --lmliif-cmsr,
+defaults: the bundled ones). Decoder = everything after the encoder; decoder time = whole forward minus
+encoder forward (medians) for implicit models, the upsampler alone on the encoder's features for IGConv
+(folded with instantiate(scale)) and the sub-pixel tail. MACs are counted (FlopCounterMode) and, for implicit models, compared with the
+closed form of models/complexity.py. Writes benchmark.md, benchmark.csv and efficiency.png to --out.
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import models  # noqa: E402
+from engine.profiling import count_macs, matmul_rate, peak_memory, time_fn  # noqa: E402
+from models.complexity import decoder_macs  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.coords import grid_query  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {
+    'liif': 'configs/train-original/train_edsr-baseline-liif.yaml',
+    'lte': 'configs/train-original/train_edsr-baseline-lte.yaml',
+    'metasr': 'configs/train-original/train_edsr-baseline-metasr.yaml',
+    'lmliif': 'configs/train-lmf/train_edsr-baseline-lmliif.yaml',
+    'lmlte': 'configs/train-lmf/train_edsr-baseline-lmlte.yaml',
+}
+GRID_MODELS = {'igconv': 'igconv-edsr-baseline', 'igconv+': 'igconv-plus-edsr-baseline'}
+DEFAULT_MODELS = 'liif,lmliif,lte,lmlte,metasr,igconv,igconv+,subpixel,lmliif+cmsr,lmlte+cmsr'
+PRETRAINED = os.path.join(ROOT, 'save', 'pretrained_models')
+
+# Published code on a 2-core CPU, full EDSR-baseline, 160x90 input, decoder seconds (median of 3),
+# as given in the efficiency issue; shown next to our numbers for comparison.
+REFERENCE_160x90 = {'liif': {2: 5.54, 4: 11.4, 8: 54.2}, 'lmliif': {2: 0.285, 4: 1.83, 8: 6.07},
+                    'lte': {2: 1.46, 4: 7.02, 8: 26.6}, 'lmlte': {2: 0.293, 4: 2.56, 8: 8.24}}
+
+
+def parse_size(text):
+    w, h = (int(v) for v in text.lower().split('x'))
+    return h, w
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+class Row(dict):
+    pass
+
+
+def build(name, args):
+    """(model, kind) for a row name; kind is 'implicit', 'grid' or 'subpixel'."""
+    base = name.split('+cmsr')[0]
+    if name.endswith('+cmsr'):
+        ckpt = getattr(args, f'{base}_checkpoint')
+        table = getattr(args, f'{base}_cmsr')
+        if not (ckpt and os.path.exists(ckpt) and table and os.path.exists(table)):
+            return None, f'needs a trained {base} checkpoint and its CMSR table (--{base}-checkpoint, --{base}-cmsr)'
+        model = models.load_model(ckpt)
+        model.set_cmsr(table)
+        return model, 'implicit'
+    if base in CONFIGS:
+        return models.make(load_config(os.path.join(ROOT, CONFIGS[base]))['model']), 'implicit'
+    if base in GRID_MODELS:
+        return models.make({'name': GRID_MODELS[base], 'args': {}}), 'grid'
+    if base == 'subpixel':
+        return None, 'subpixel'
+    raise SystemExit(f'benchmark.py: error: unknown model row {name!r}; known: {DEFAULT_MODELS}')
+
+
+def subpixel_model(scale):
+    return models.make({'name': 'edsr-baseline', 'args': {'scale': scale}})
+
+
+def measure(name, model, kind, scale, lr, args, device, previous):
+    h, w = lr
+    H, W = h * scale, w * scale
+    row = Row(model=name, scale=scale, input=f'{w}x{h}', output=f'{W}x{H}')
+    inp = torch.randn(1, 3, h, w, device=device)
+    if kind == 'subpixel':
+        if scale not in (2, 3, 4, 8):
+            row['note'] = 'sub-pixel tail exists for x2, x3, x4, x8 only'
+            return row
+        model = subpixel_model(scale).to(device).eval()
+        encoder = models.make({'name': 'edsr-baseline', 'args': {'no_upsampling': True}}).to(device).eval()
+        row['enc_params'] = n_params(encoder)
+        row['dec_params'] = n_params(model) - n_params(encoder)
+        meta = subpixel_model(scale).to('meta')
+        minp = torch.empty(1, 3, h, w, device='meta')
+        row['enc_gmacs'] = count_macs(lambda: meta.body(meta.head(minp))) / 1e9
+        row['dec_gmacs'] = count_macs(lambda: meta(minp)) / 1e9 - row['enc_gmacs']
+        full, enc = (lambda: model(inp)), (lambda: encoder(inp))
+        feat = encoder(inp).detach()
+        dec = lambda: model.tail(feat)  # noqa: E731
+    else:
+        model = model.to(device).eval()
+        row['enc_params'] = n_params(model.encoder)
+        row['dec_params'] = n_params(model) - row['enc_params']
+        if kind == 'grid':
+            folded = model.instantiate(scale).to(device).eval()
+            row['dec_params'] = n_params(folded) - row['enc_params']
+            meta = models.make(model.spec).to('meta').instantiate(scale)
+            minp = torch.empty(1, 3, h, w, device='meta')
+            row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
+            row['dec_gmacs'] = count_macs(lambda: meta(minp, scale)) / 1e9 - row['enc_gmacs']
+            full = lambda: folded(inp, scale)  # noqa: E731
+            with torch.no_grad():
+                feat = model.encoder(inp)
+
+            def dec():
+                out = folded.upsampler(feat)
+                return out if folded.skip is None else out + folded.skip(inp, feat)
+        else:
+            coord, cell = grid_query((h, w), (H, W), device=device)
+            closed = decoder_macs(model, (h, w), (H, W))
+            row['closed_gmacs'] = None if closed is None else closed / 1e9
+            if getattr(model, 'cmsr_tables', None) is None:
+                meta = models.make(model.spec).to('meta').eval()
+                minp = torch.empty(1, 3, h, w, device='meta')
+                mc, mcell = torch.empty(1, H * W, 2, device='meta'), torch.empty(1, H * W, 2, device='meta')
+                row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
+                row['dec_gmacs'] = count_macs(lambda: meta(minp, mc, mcell)) / 1e9 - row['enc_gmacs']
+            else:   # data-dependent: count on the real run
+                row['enc_gmacs'] = count_macs(lambda: model.encoder(inp)) / 1e9
+                model.cmsr_stats.__init__()
+                row['dec_gmacs'] = count_macs(lambda: model(inp, coord, cell)) / 1e9 - row['enc_gmacs']
+                row['rendered_fraction'] = model.cmsr_stats.fraction
+            full = lambda: model(inp, coord, cell)  # noqa: E731
+            dec = None      # the published convention: whole forward minus encoder forward
+        enc = lambda: model.encoder(inp)  # noqa: E731
+    # latency, unless the previous scale predicts it would take too long
+    if previous is not None and previous.get('total_s') is not None:
+        est = previous['total_s'] * (H * W) / previous['_q']
+        if est > args.max_seconds:
+            row['note'] = f'not timed (estimated {est:.0f} s > --max-seconds {args.max_seconds:g})'
+            row['_q'] = H * W
+            return row
+    row['enc_s'] = time_fn(enc, device, args.repeats, args.warmup)
+    row['total_s'] = time_fn(full, device, args.repeats, args.warmup)
+    if dec is not None:   # upsampler tails: timed directly on the encoder's features
+        row['dec_s'] = time_fn(dec, device, args.repeats, args.warmup)
+    else:
+        row['dec_s'] = max(row['total_s'] - row['enc_s'], 1e-9)
+    row['dec_gmac_per_s'] = row['dec_gmacs'] / row['dec_s']
+    mem = peak_memory(full, device)
+    row['peak_mb'] = None if mem is None else mem / 2 ** 20
+    row['_q'] = H * W
+    return row
+
+
+def golden_check(args):
+    """Max |diff| of the LM golden cases in the benchmarked render mode (None if ../shared is absent)."""
+    from utils.coords import make_cell, make_coord
+    folder = args.golden
+    if not folder or not os.path.isdir(folder):
+        return None
+    worst = {}
+    for name in ('lmliif_edsr', 'lmlte_edsr'):
+        case = torch.load(os.path.join(folder, f'{name}.pt'), weights_only=True)
+        model = models.make(case['model'], load_sd=True).eval()
+        apply_render_mode(model, args)
+        diff = 0.0
+        for q in case['queries']:
+            H, W = q['size']
+            with torch.no_grad():
+                pred = model(case['inp'], make_coord((H, W)).unsqueeze(0), make_cell((H, W)).unsqueeze(0) * q['cell_clip'])
+            diff = max(diff, (pred - q['pred']).abs().max().item())
+        worst[name] = diff
+    return worst
+
+
+def apply_render_mode(model, args):
+    if hasattr(model, 'set_render_mode'):
+        model.set_render_mode('bfloat16' if args.render_mode == 'bf16' else 'float32',
+                              compile=args.render_mode == 'compile')
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return '—'
+    if isinstance(v, float):
+        if v == 0:
+            return '0'
+        if abs(v) >= 100:
+            return f'{v:,.0f}'
+        return f'{v:.{digits}g}'
+    if isinstance(v, int):
+        return f'{v:,}'
+    return str(v)
+
+
+def markdown(rows, args, rate, golden, device_name):
+    h, w = parse_size(args.input)
+    lines = [f'Input {w}x{h}, device {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
+             f'render mode {args.render_mode}; matrix-product rate measured {rate:.1f} GMAC/s.', '',
+             '| model | scale | output | enc params | dec params | enc GMACs | dec GMACs (counted) | dec GMACs '
+             '(closed form) | enc s | dec s | dec GMAC/s (% of matmul) | peak MB | note |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        rate_s = '—' if r.get('dec_gmac_per_s') is None else f"{r['dec_gmac_per_s']:.1f} ({100 * r['dec_gmac_per_s'] / rate:.0f}%)"
+        note = r.get('note', '')
+        if r.get('rendered_fraction') is not None:
+            note = (note + ' ' if note else '') + f"CMSR rendered fraction {r['rendered_fraction']:.3f}"
+        lines.append(f"| {r['model']} | x{r['scale']} | {r['output']} | {fmt(r.get('enc_params'))} | "
+                     f"{fmt(r.get('dec_params'))} | {fmt(r.get('enc_gmacs'))} | {fmt(r.get('dec_gmacs'))} | "
+                     f"{fmt(r.get('closed_gmacs'))} | {fmt(r.get('enc_s'))} | {fmt(r.get('dec_s'))} | {rate_s} | "
+                     f"{fmt(r.get('peak_mb'))} | {note} |")
+    by = {(r['model'], r['scale']): r for r in rows}
+    pairs = [('liif', 'lmliif'), ('lte', 'lmlte'), ('lmliif', 'lmliif+cmsr'), ('lmlte', 'lmlte+cmsr')]
+    scales = sorted({r['scale'] for r in rows})
+    ratio_lines = ['', '| ratio | ' + ' | '.join(f'x{s}' for s in scales) + ' |',
+                   '|---|' + '---|' * len(scales)]
+    for a, b in pairs:
+        if not any((a, s) in by and (b, s) in by for s in scales):
+            continue
+        for what, key in (('MACs', 'dec_gmacs'), ('time', 'dec_s')):
+            cells = []
+            for s in scales:
+                ra, rb = by.get((a, s)), by.get((b, s))
+                if ra and rb and ra.get(key) and rb.get(key):
+                    cells.append(f'{ra[key] / rb[key]:.1f}x')
+                else:
+                    cells.append('—')
+            ratio_lines.append(f'| {a} / {b} decoder {what} | ' + ' | '.join(cells) + ' |')
+    lines += ratio_lines
+    if (h, w) == (90, 160):
+        lines += ['', 'Reference: published code, 2-core CPU, decoder seconds (from the efficiency issue):', '',
+                  '| model | ' + ' | '.join(f'x{s}' for s in (2, 4, 8)) + ' |', '|---|---|---|---|']
+        for m, vals in REFERENCE_160x90.items():
+            ours = [by.get((m, s), {}).get('dec_s') for s in (2, 4, 8)]
+            lines.append(f'| {m} (published) | ' + ' | '.join(f'{vals[s]:g} s' for s in (2, 4, 8)) + ' |')
+            lines.append(f'| {m} (ours) | ' + ' | '.join(fmt(o) + ' s' if o else '—' for o in ours) + ' |')
+    if golden:
+        lines += ['', 'Golden cases in this render mode, max |diff|: ' +
+                  ', '.join(f'{k} {v:.2e}' for k, v in golden.items())]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(rows, path, title):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib not installed: no plot', file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in dict.fromkeys(r['model'] for r in rows):
+        rs = [r for r in rows if r['model'] == name]
+        for ax, key in zip(axes, ('dec_gmacs', 'dec_s')):
+            pts = [(r['scale'], r[key]) for r in rs if r.get(key)]
+            if pts:
+                ax.plot(*zip(*pts), marker='o', label=name)
+    for ax, label in zip(axes, ('decoder GMACs', 'decoder time (s)')):
+        ax.set_xscale('log', base=2)
+        ax.set_yscale('log')
+        ax.set_xlabel('scale')
+        ax.set_ylabel(label)
+        ax.grid(True, which='both', alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--input', default='320x180', help='LR input WIDTHxHEIGHT (default 320x180, as the LMF figure)')
+    p.add_argument('--scales', default='2,4,8,12,30', help='comma-separated integer scales')
+    p.add_argument('--models', default=DEFAULT_MODELS, help=f'rows (default {DEFAULT_MODELS})')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--max-seconds', type=float, default=120,
+                   help='skip timing a row whose whole forward is predicted to take longer (default 120)')
+    p.add_argument('--render-mode', choices=['float32', 'compile', 'bf16'], default='float32',
+                   help='LM render path: default float32, torch.compile, or bfloat16')
+    p.add_argument('--lmliif-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif.pth'))
+    p.add_argument('--lmliif-cmsr', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif_cmsr.yaml'))
+    p.add_argument('--lmlte-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-lte.pth'))
+    p.add_argument('--lmlte-cmsr', default=os.path.join(PRETRAINED, 'edsr-b_lm-lte_cmsr.yaml'))
+    p.add_argument('--golden', default=os.path.join(os.path.dirname(ROOT), 'shared', 'golden'),
+                   help='folder of golden cases to re-check in the benchmarked render mode')
+    p.add_argument('--out', default=None, help='output folder (default outputs/benchmark/<device>_<input>)')
+    args = p.parse_args(argv)
+    h, w = parse_size(args.input)
+    scales = [int(s) for s in args.scales.split(',')]
+    device = args.device
+    out = args.out or os.path.join(ROOT, 'outputs', 'benchmark', f'{torch.device(device).type}_{args.input}')
+    os.makedirs(out, exist_ok=True)
+    device_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
+    torch.manual_seed(0)
+    rate = matmul_rate(device)
+    print(f'matrix-product rate: {rate:.1f} GMAC/s ({device_name})', flush=True)
+    rows = []
+    for name in args.models.split(','):
+        model, kind = build(name.strip(), args)
+        if model is None and kind != 'subpixel':
+            print(f'skipping {name}: {kind}', file=sys.stderr)
+            continue
+        if model is not None:
+            apply_render_mode(model, args)
+        previous = None
+        for s in scales:
+            t = time.perf_counter()
+            row = measure(name, model, kind, s, (h, w), args, device, previous)
+            if row.get('total_s') is not None:
+                previous = row
+            rows.append(row)
+            print(f"{name:>12s} x{s:<3d} dec {fmt(row.get('dec_gmacs'))} GMACs, {fmt(row.get('dec_s'))} s "
+                  f"{row.get('note', '')} ({time.perf_counter() - t:.0f}s)", flush=True)
+    golden = golden_check(args)
+    text = markdown(rows, args, rate, golden, device_name)
+    print('\n' + text)
+    with atomic_write(os.path.join(out, 'benchmark.md'), 'w') as f:
+        f.write(text)
+    keys = ['model', 'scale', 'input', 'output', 'enc_params', 'dec_params', 'enc_gmacs', 'dec_gmacs', 'closed_gmacs',
+            'enc_s', 'total_s', 'dec_s', 'dec_gmac_per_s', 'peak_mb', 'rendered_fraction', 'note']
+    with atomic_write(os.path.join(out, 'benchmark.csv'), 'w') as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    if plot(rows, os.path.join(out, 'efficiency.png'), f'Decoder cost vs scale, {w}x{h} input ({device_name})'):
+        print(f'wrote {out}/benchmark.md, benchmark.csv, efficiency.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""test.py, demo.py and init_cmsr.py end to end (bicubic numbers, golden checkpoints, image modes, errors)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import demo
+import init_cmsr
+import models
+import test as test_script
+from engine.inference import Upscaler
+from models import cmsr
+from utils.image import load_image
+
+from .conftest import DATA, ROOT, load_golden, need
+
+CLASSIC_BICUBIC = {2: 33.66, 3: 30.39, 4: 28.42}
+
+
+def set5_opts(scale):
+    base = need(DATA / 'benchmark' / 'Set5', 'Set5')
+    return ['--opt', f'test_dataset.dataset.args.root_path_1={base}/LR_bicubic/X{scale}',
+            f'test_dataset.dataset.args.root_path_2={base}/HR']
+
+
+def golden_checkpoint(tmp_path, name):
+    """A golden case's spec and weights saved in the published checkpoint format."""
+    path = tmp_path / f'{name}.pth'
+    torch.save({'model': load_golden(name)['model'], 'epoch': 1}, path)
+    return path
+
+
+def run_test(tmp_path, capsys, *argv):
+    results = tmp_path / 'results'
+    code = test_script.main([*argv, '--results-dir', str(results), '--quiet'])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads((results / 'summary.json').read_text()), results, out.out
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_bicubic_baseline_on_set5(tmp_path, capsys, scale):
+    summary, results, out = run_test(tmp_path, capsys, '--config', str(ROOT / f'configs/test/set5-x{scale}.yaml'),
+                                     '--model', 'bicubic', *set5_opts(scale))
+    assert abs(summary['psnr'] - CLASSIC_BICUBIC[scale]) <= 0.05
+    assert summary['protocol'] == 'test-original' and 'protocol test-original' in out
+    rows = list(csv.DictReader(open(results / 'per_image.csv')))
+    assert [r['name'] for r in rows] == ['baby', 'bird', 'butterfly', 'head', 'woman']
+    assert abs(np.mean([float(r['psnr']) for r in rows]) - summary['psnr']) < 1e-9
+
+
+@pytest.mark.parametrize('name', ['lmliif_edsr', 'liif_edsr'])
+def test_golden_checkpoints_run_end_to_end(tmp_path, capsys, name):
+    ckpt = golden_checkpoint(tmp_path, name)
+    save_dir = tmp_path / 'sr'
+    summary, results, _ = run_test(tmp_path, capsys, '--config', str(ROOT / 'configs/test/set5-x4.yaml'),
+                                   '--model', str(ckpt), '--save-dir', str(save_dir), *set5_opts(4))
+    rows = list(csv.DictReader(open(results / 'per_image.csv')))
+    assert len(rows) == 5 and all(float(r['psnr']) > 10 and 0 < float(r['ssim']) <= 1 for r in rows)
+    assert sorted(p.name for p in save_dir.iterdir())[0] == 'benchmark-4_001.png'
+    assert Image.open(save_dir / 'benchmark-4_001.png').size == (512, 512)
+
+
+def test_lmf_protocol_and_cmsr_at_x8(tmp_path, capsys):
+    ckpt = golden_checkpoint(tmp_path, 'lmliif_edsr')
+    table = {8: load_golden('cmsr_lmliif_edsr')['render_table'][8]}
+    table_path = tmp_path / 't.yaml'
+    cmsr.save_tables(table_path, table)
+    base = need(DATA / 'benchmark' / 'Set5', 'Set5')
+    opts = ['--opt', f'test_dataset.dataset.args.root_path={base}/HR']
+    plain, _, _ = run_test(tmp_path, capsys, '--config', str(ROOT / 'configs/test-lmf/set5-x8.yaml'),
+                           '--model', str(ckpt), *opts)
+    with_cmsr, _, out = run_test(tmp_path, capsys, '--config', str(ROOT / 'configs/test-lmf/set5-x8.yaml'),
+                                 '--model', str(ckpt), '--cmsr', str(table_path), *opts)
+    assert plain['protocol'] == 'test-lmf'
+    assert 0 < with_cmsr['cmsr_rendered_fraction'] < 1 and 'CMSR rendered fraction' in out
+    assert abs(with_cmsr['psnr'] - plain['psnr']) < 1.0
+
+
+def test_test_py_errors(tmp_path, capsys):
+    assert test_script.main(['--config', str(tmp_path / 'none.yaml'), '--model', 'bicubic']) == 1
+    assert 'config not found' in capsys.readouterr().err
+    assert test_script.main(['--config', str(ROOT / 'configs/test/set5-x2.yaml'), '--model', 'bicubic', '--opt',
+                             f'test_dataset.dataset.args.root_path_1={tmp_path}/missing']) == 1
+    assert 'not found' in capsys.readouterr().err
+
+
+def test_tiled_equals_untiled_for_edsr_lmliif_x4():
+    torch.manual_seed(0)
+    spec = {'name': 'lmliif', 'args': load_golden('lmliif_edsr')['model']['args']}
+    spec['args'] = dict(spec['args'], encoder_spec={'name': 'edsr-baseline', 'args': {'no_upsampling': True}})
+    model = models.make(spec).eval()                              # full EDSR-baseline, random weights
+    img = torch.rand(1, 3, 70, 53)
+    full = Upscaler(model)(img, (280, 212))
+    tiled = Upscaler(model, tile=24)(img, (280, 212))             # overlap: receptive radius + reach = 37
+    assert (full - tiled).abs().max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------------------- demo.py
+@pytest.fixture(scope='module')
+def demo_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp('m') / 'lmliif.pth'
+    torch.save({'model': load_golden('lmliif_edsr')['model']}, path)
+    return path
+
+
+def rgb_image(path, size=(20, 16), mode='RGB'):
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    img = Image.fromarray(arr, 'RGBA')
+    if mode != 'RGBA':
+        img = img.convert('RGB').convert(mode)
+    img.save(path)
+    return path
+
+
+def run_demo(*argv):
+    return demo.main([*argv, '--quiet'])
+
+
+@pytest.mark.parametrize('target,size', [(['--scale', '2.5'], (50, 40)), (['--scale', '3,2'], (40, 48)),
+                                         (['--size', '37x51'], (51, 37)), (['--scale', '1.1'], (22, 17))])
+def test_demo_output_sizes(tmp_path, demo_model, target, size):
+    src = rgb_image(tmp_path / 'in.png')
+    out = tmp_path / 'out.png'
+    assert run_demo('--input', str(src), '--output', str(out), '--model', str(demo_model), *target) == 0
+    assert Image.open(out).size == size          # (width, height)
+
+
+@pytest.mark.parametrize('mode,expect', [('L', 'L'), ('RGBA', 'RGBA'), ('P', 'RGB'), ('I;16', 'I;16')])
+def test_demo_image_modes(tmp_path, demo_model, mode, expect):
+    src = tmp_path / 'in.png'
+    if mode == 'I;16':
+        arr = (np.arange(20 * 16, dtype=np.uint16).reshape(16, 20) * 200)
+        Image.fromarray(arr).save(src)          # uint16 -> mode I;16
+    else:
+        rgb_image(src, mode=mode)
+    out = tmp_path / 'out.png'
+    assert run_demo('--input', str(src), '--output', str(out), '--model', str(demo_model), '--scale', '2') == 0
+    img = Image.open(out)
+    assert img.size == (40, 32)
+    assert img.mode in ({expect} | ({'I', 'I;16'} if expect == 'I;16' else set()))
+    _, info = load_image(out)
+    if mode == 'I;16':
+        assert info.bit_depth == 16
+    if mode == 'RGBA':
+        a_in = np.asarray(Image.open(src))[..., 3].astype(float).mean()
+        a_out = np.asarray(img)[..., 3].astype(float).mean()
+        assert abs(a_in - a_out) < 8               # alpha was upscaled, not dropped
+
+
+def test_demo_respects_exif_orientation(tmp_path, demo_model):
+    src = tmp_path / 'rot.jpg'
+    img = Image.fromarray(np.zeros((10, 30, 3), np.uint8))     # 30 wide, 10 high
+    exif = Image.Exif()
+    exif[0x0112] = 6                                             # rotate 90 degrees on display
+    img.save(src, exif=exif)
+    out = tmp_path / 'out.png'
+    assert run_demo('--input', str(src), '--output', str(out), '--model', str(demo_model), '--scale', '2') == 0
+    assert Image.open(out).size == (20, 60)
+
+
+def test_bicubic_demo_matches_engine(tmp_path):
+    src = rgb_image(tmp_path / 'in.png')
+    out = tmp_path / 'out.png'
+    assert run_demo('--input', str(src), '--output', str(out), '--model', 'bicubic', '--scale', '3') == 0
+    expect = Upscaler(models.make({'name': 'bicubic'}))(load_image(src)[0][None], (48, 60))
+    got = load_image(out)[0]
+    assert (got - expect[0]).abs().max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize('setup,argv,message', [
+    ('none', ['--scale', '2'], 'file not found'),
+    ('empty', ['--scale', '2'], 'empty'),
+    ('corrupt', ['--scale', '2'], 'in.png'),
+    ('ok', ['--scale', '0'], 'must be finite and positive'),
+    ('ok', ['--scale', '-3'], 'must be finite and positive'),
+    ('ok', ['--scale', 'nan'], 'must be finite and positive'),
+    ('ok', ['--size', '10x10'], 'not larger than the input'),
+    ('ok', ['--scale', '2', '--model', '/nonexistent/model.pth'], 'model file not found'),
+    ('ok', ['--scale', '2', '--output-dir-missing'], 'does not exist'),
+])
+def test_demo_bad_inputs(tmp_path, demo_model, capsys, setup, argv, message):
+    src = tmp_path / 'in.png'
+    if setup == 'ok':
+        rgb_image(src)
+    elif setup == 'empty':
+        src.write_bytes(b'')
+    elif setup == 'corrupt':
+        rgb_image(src)
+        src.write_bytes(src.read_bytes()[:60])
+    out = tmp_path / 'out.png'
+    if '--output-dir-missing' in argv:
+        argv = [a for a in argv if a != '--output-dir-missing']
+        out = tmp_path / 'missing' / 'out.png'
+    if '--model' not in argv:
+        argv = [*argv, '--model', str(demo_model)]
+    assert run_demo('--input', str(src), '--output', str(out), *argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count('\n') == 0
+    assert not out.exists() and not list(tmp_path.glob('.out.png*'))
+
+
+def test_demo_unwritable_output(tmp_path, demo_model, capsys):
+    src = rgb_image(tmp_path / 'in.png')
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if (locked / 'probe').exists() or __import__('os').access(locked, __import__('os').W_OK):
+            pytest.skip('running as a user who can write anywhere (root)')
+        assert run_demo('--input', str(src), '--output', str(locked / 'o.png'), '--model', str(demo_model),
+                        '--scale', '2') == 1
+        assert 'not writable' in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_demo_integer_only_models_refuse_fractional_scales(tmp_path, capsys):
+    src = rgb_image(tmp_path / 'in.png')
+    model = models.make({'name': 'igconv-edsr-baseline', 'args': {'encoder_args': {'n_resblocks': 1}}})
+    path = tmp_path / 'ig.pth'
+    torch.save({'model': dict(model.spec, sd=model.state_dict())}, path)
+    out = tmp_path / 'o.png'
+    assert run_demo('--input', str(src), '--output', str(out), '--model', str(path), '--scale', '2.5') == 1
+    assert 'integer scales only' in capsys.readouterr().err and not out.exists()
+    assert run_demo('--input', str(src), '--output', str(out), '--model', str(path), '--scale', '3') == 0
+    assert Image.open(out).size == (60, 48)
+
+
+# ------------------------------------------------------------------------------------------ init_cmsr.py
+def test_init_cmsr_builds_several_scales_and_keeps_existing_tables(tmp_path, demo_model):
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8)).resize((72, 60), Image.BICUBIC) \
+            .save(folder / f'{i}.png')
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text(f'dataset: {{name: image-folder, args: {{root_path: {folder}}}}}\n')
+    out = tmp_path / 'tables.yaml'
+    cmsr.save_tables(out, {2: {1: 0.3, 2: 1}})
+    assert init_cmsr.main(['--model', str(demo_model), '--config', str(cfg), '--scales', '6,12',
+                           '--mse-threshold', '2e-3', '--save-path', str(out), '--quiet']) == 0
+    tables = cmsr.load_tables(out)
+    assert list(tables) == [2, 6, 12] and tables[2] == {1: 0.3, 2: 1}
+    # the same as the library on the same LR inputs
+    model = models.load_model(demo_model)
+    import datasets
+    from engine.inference import normalise
+    for S in (6, 12):
+        table = cmsr.initial_table(S)
+        data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': S}},
+                             args={'dataset': datasets.make({'name': 'image-folder', 'args': {'root_path': str(folder)}})})
+        for i in range(len(data)):
+            cmsr.update_table(model, normalise(data[i]['inp'][None]), table, 2e-3, cell_clip=max(S / 4, 1))
+        assert tables[S] == table
+
+
+def test_init_cmsr_refuses_non_lm_models(tmp_path, capsys):
+    ckpt = golden_checkpoint(tmp_path, 'liif_edsr')
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text(f'dataset: {{name: image-folder, args: {{root_path: {tmp_path}}}}}\n')
+    assert init_cmsr.main(['--model', str(ckpt), '--config', str(cfg), '--save-path', str(tmp_path / 't.yaml')]) == 1
+    assert 'lmliif / lmlte' in capsys.readouterr().err
