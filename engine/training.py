@@ -315,6 +315,7 @@ def train(cfg, save_dir, dd, workers=0, seed=0, amp=None, grad_clip=None, resume
         set_epoch(epoch, train_sampler, train_ds)
         net.train()
         loss_sum, n = 0.0, 0
+        per_scale = {}   # multi-scale (IGConv) batches: mean loss of each scale, for the log
         bar = train_loader
         if progress and dd.main:
             from tqdm import tqdm
@@ -349,6 +350,10 @@ def train(cfg, save_dir, dd, workers=0, seed=0, amp=None, grad_clip=None, resume
                 optimizer.step()
             loss_sum += value
             n += 1
+            if 'scale' in batch:
+                acc = per_scale.setdefault(int(batch['scale'][0]), [0.0, 0])
+                acc[0] += loss.item()
+                acc[1] += 1
             log.scalar('loss/train', value, (epoch - 1) * iters + it + 1)
             if progress and dd.main:
                 bar.set_postfix(loss=f'{loss_sum / n:.4f}')
@@ -356,6 +361,8 @@ def train(cfg, save_dir, dd, workers=0, seed=0, amp=None, grad_clip=None, resume
             log.scalar('lr', optimizer.param_groups[0]['lr'], epoch)
             scheduler.step()
         msg = f'epoch {epoch}/{epoch_max}, train: loss={loss_sum / max(n, 1):.4f}'
+        if per_scale:
+            msg += ' (' + ', '.join(f'x{k}: {v[0] / v[1]:.4f}' for k, v in sorted(per_scale.items())) + ')'
 
         if dd.main:
             improved = False
