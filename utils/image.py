@@ -173,10 +173,15 @@ def to_uint8_tensor(img):
     return img.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def _to_int_array(x, bit_depth):
+def _to_int_array(x, bit_depth, band=256):
+    """(H, W, C) floats in [0, 1] -> integer array (clamp, scale, round), converted in bands of rows so that
+    no full-size float temporary is made (outputs can be gigabytes)."""
     peak = (1 << bit_depth) - 1
-    x = x.detach().float().cpu().clamp(0, 1).mul(peak).round()
-    return x.numpy().astype(np.uint16 if bit_depth == 16 else np.uint8)
+    out = np.empty(tuple(x.shape), dtype=np.uint16 if bit_depth == 16 else np.uint8)
+    for r in range(0, x.shape[0], band):
+        part = x[r:r + band].detach().float().cpu().clamp(0, 1)
+        out[r:r + band] = part.mul_(peak).round_().numpy()
+    return out
 
 
 def _png16(arr):
@@ -231,7 +236,7 @@ def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None):
         if a.shape != (1,) + tuple(x.shape[1:]):
             raise ImageError(f'{path}: alpha of shape {tuple(alpha.shape)} does not match the image {tuple(x.shape)}')
         channels.append(a.to(x.device, x.dtype))
-    arr = _to_int_array(torch.cat(channels).permute(1, 2, 0), bit_depth)
+    arr = _to_int_array((channels[0] if len(channels) == 1 else torch.cat(channels)).permute(1, 2, 0), bit_depth)
     if bit_depth == 16 and fmt == 'PNG':
         data = _png16(arr)
     else:
