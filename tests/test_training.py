@@ -180,3 +180,14 @@ def test_published_configs_build(tmp_path):
             if spec:
                 datasets.get_dataset_class(spec['dataset']['name'])
                 datasets.get_dataset_class(spec['wrapper']['name'])
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_mixed_precision_and_gradient_clipping_train(tmp_path, data, amp):
+    cfg = write_config(tmp_path / 'tiny.yaml', data, epoch_max=2)
+    assert run_train(cfg, tmp_path / 'r', '--amp', amp, '--grad-clip', '0.5') == 0
+    log = (tmp_path / 'r/_tiny/log.txt').read_text()
+    losses = [float(x) for x in __import__('re').findall(r'train: loss=([0-9.]+)', log)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    sd = weights(tmp_path / 'r/_tiny/epoch-last.pth')
+    assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())
