@@ -129,11 +129,6 @@ def blend(preds, weight):
     return out
 
 
-def relative_cell(cell, size):
-    """cell (..., 2) in normalised units -> in LR pixels (2 / scale for a full grid)."""
-    return cell * cell.new_tensor(size)
-
-
 def chunk_sizes(n_queries, bsize):
     """Chunk length after the published rebalancing: ceil(Q / ceil(Q / bsize))."""
     if bsize is None or bsize >= n_queries:

@@ -15,8 +15,7 @@ import torch
 
 from .. import cmsr, registry
 from ..registry import register
-from .implicit import ImplicitDecoder, LRGrid, State, blend, feat_coord_table, flat_index, gather, \
-    pixel_table, relative_cell
+from .implicit import ImplicitDecoder, LRGrid, State, blend, feat_coord_table, flat_index, gather, pixel_table
 from .liif import unfold3x3
 
 
@@ -83,11 +82,12 @@ class LMDecoder(ImplicitDecoder):
         return None
 
     # ---- shared ----
-    def hidden_cell(self, cell, size):
-        """Relative cell fed to the latent MLP: the first query's cell (B, 2) times (h, w)."""
+    @staticmethod
+    def hidden_cell(cell, grid):
+        """Relative cell fed to the latent MLP: the first query's cell (B, 2) in LR pixels."""
         if cell is None:
             raise ValueError('LM models need the query cell to compute modulations')
-        return relative_cell(cell[:, 0, :], size)
+        return grid.relative_cell(cell[:, 0, :])
 
     def set_render_mode(self, precision='float32', compile=False):
         """Options of the eval render (the fast path); they do not affect training.
@@ -179,18 +179,18 @@ class LMLIIF(LMDecoder):
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)
         B, C, h, w = feat.shape
+        grid = LRGrid((h, w), feat, feat_coord_table(inp_coord, feat))
         rich = unfold3x3(feat) if self.feat_unfold else feat
         z = rich.permute(0, 2, 3, 1)
         if self.cell_decode:
-            rc = self.hidden_cell(cell, (h, w)).view(B, 1, 1, 2).expand(B, h, w, 2)
+            rc = self.hidden_cell(cell, grid).view(B, 1, 1, 2).expand(B, h, w, 2)
             z = torch.cat([z, rc.to(z.dtype)], dim=-1)
         mod = self.hypernet(z).reshape(B * h * w, -1)
         if self.mod_input:
             latent = mod[:, self.mod_dim:].contiguous()
         else:
             latent = pixel_table(feat)
-        return State(inp=inp, mod=mod, latent=latent,
-                     grid=LRGrid((h, w), feat, feat_coord_table(inp_coord, feat)))
+        return State(inp=inp, mod=mod, latent=latent, grid=grid)
 
     def render_input(self, state, idx, rel, rel_cell):
         parts = [gather(state.latent, idx), rel]

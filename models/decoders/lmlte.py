@@ -42,11 +42,12 @@ class LMLTE(LMDecoder):
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)
         B, C, h, w = feat.shape
+        grid = LRGrid((h, w), feat, feat_coord_table(inp_coord, feat))
         coef = self.coef(feat).permute(0, 2, 3, 1)
         freq = self.freq(feat).permute(0, 2, 3, 1)
         g = freq.unflatten(-1, (-1, 2)).sum(-1)
         if self.cell_decode:
-            g = g + self.phase(self.hidden_cell(cell, (h, w))).view(B, 1, 1, -1)
+            g = g + self.phase(self.hidden_cell(cell, grid)).view(B, 1, 1, -1)
         g = g * math.pi
         mod = self.hypernet(coef * torch.cat([torch.cos(g), torch.sin(g)], dim=-1)).reshape(B * h * w, -1)
         if self.mod_input:   # render amplitude map A and frequency map F (interleaved pairs)
@@ -55,8 +56,7 @@ class LMLTE(LMDecoder):
             amp, frq = coef.reshape(B * h * w, -1), freq.reshape(B * h * w, -1)
         # one table per pixel, [A | F_y | F_x]: a single gather per query and contiguous-ish halves
         basis = torch.cat([amp, frq[:, 0::2], frq[:, 1::2]], dim=1).contiguous()
-        return State(inp=inp, mod=mod, basis=basis,
-                     grid=LRGrid((h, w), feat, feat_coord_table(inp_coord, feat)))
+        return State(inp=inp, mod=mod, basis=basis, grid=grid)
 
     def render_input(self, state, idx, rel, rel_cell):
         """``A(p) * [cos(pi g), sin(pi g)]`` with ``g = F_y(p) rel_y + F_x(p) rel_x + phase(rel_cell)``.
