@@ -92,6 +92,7 @@ def evaluate(model, loader, eval_type, names=None, bsize=None, window=0, tile=No
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t
         s = scale if scale is not None else H / inp.shape[-2]
+        pred, gt = pred.cpu(), gt.cpu()          # metrics in float64 on the CPU (any device)
         p = float(calc_psnr(pred, gt, dataset=dataset, scale=s)[0])
         q = float(calc_ssim(pred, gt, crop_border=shave)[0]) if min(H, W) - 2 * shave >= 11 else None
         name = names[i] if names is not None and i < len(names) else f'{i + 1:03d}'

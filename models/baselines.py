@@ -24,13 +24,13 @@ class Bicubic(nn.Module):
 
     def upscale_to(self, inp, size):
         """inp (B, 3, h, w) normalised -> (B, 3, H, W) normalised."""
-        x = inp * 0.5 + 0.5
+        x = inp.detach().cpu() * 0.5 + 0.5      # imresize works in float64, which MPS lacks
         if self.quantize:
             x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
             x = imresize(x, size=size).to(inp.dtype) / 255
         else:
             x = imresize(x, size=size)
-        return (x - 0.5) / 0.5
+        return ((x - 0.5) / 0.5).to(inp.device)
 
     def forward(self, inp, size):
         return self.upscale_to(inp, size)
