@@ -26,6 +26,7 @@ test-all: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv
+	mkdir -p outputs
 	$(PY) demo.py --input assets/demo_lr.png --scale 4 --output outputs/demo_x4.png
 
 clean:
