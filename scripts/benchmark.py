@@ -137,7 +137,7 @@ def measure(name, model, kind, scale, lr, args, device, previous):
                 model.cmsr_stats.__init__()
                 row['dec_gmacs'] = count_macs(lambda: model(inp, coord, cell)) / 1e9 - row['enc_gmacs']
                 row['rendered_fraction'] = model.cmsr_stats.fraction
-            full = lambda: model(inp, coord, cell)  # noqa: E731
+            full = lambda: model(inp, coord, cell, bsize=args.bsize)  # noqa: E731
             dec = None      # the published convention: whole forward minus encoder forward
         enc = lambda: model.encoder(inp)  # noqa: E731
     # latency, unless the previous scale predicts it would take too long
@@ -288,6 +288,8 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--max-seconds', type=float, default=120,
                    help='skip timing a row whose whole forward is predicted to take longer (default 120)')
+    p.add_argument('--bsize', type=int, default=None,
+                   help='queries per decoder chunk for implicit models (default: each model\'s eval_bsize)')
     p.add_argument('--render-mode', choices=['float32', 'compile', 'bf16'], default='float32',
                    help='LM render path: default float32, torch.compile, or bfloat16')
     p.add_argument('--lmliif-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif.pth'))

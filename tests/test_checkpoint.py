@@ -109,3 +109,17 @@ def test_failed_save_leaves_previous_file(tmp_path):
         save_checkpoint(path, {'model': {'name': 'mlp'}, 'x': Boom()})
     assert load_checkpoint(path)['epoch'] == 1
     assert [p.name for p in tmp_path.iterdir()] == ['epoch-last.pth']
+
+
+def test_export_keeps_only_what_inference_needs(tmp_path):
+    from scripts import export_model
+    spec = {'name': 'lmliif', 'args': load_golden('lmliif_edsr')['model']['args']}
+    model = models.make(spec)
+    src = tmp_path / 'epoch-last.pth'
+    save_checkpoint(src, {'model': dict(model.spec, sd=model.state_dict()), 'epoch': 3, 'best_val': 30.5,
+                          'optimizer': {'name': 'adam', 'args': {}, 'sd': {'state': {}}}, 'config': {'a': 1}})
+    assert export_model.main([str(src), str(tmp_path / 'm.pth')]) == 0
+    out = load_checkpoint(tmp_path / 'm.pth')
+    assert set(out) == {'model', 'epoch', 'trained_with'} and out['trained_with']['best_val_psnr'] == 30.5
+    assert load_model(tmp_path / 'm.pth').spec == spec
+    assert export_model.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'x.pth')]) == 1
