@@ -33,6 +33,9 @@ def build_parser():
     p.add_argument('--window', type=int, default=None,
                    help='pad inputs like the published SwinIR evaluation (default: 8 for SwinIR encoders)')
     p.add_argument('--first-k', type=int, default=None, help='use only the first k images')
+    p.add_argument('--prune', action='store_true',
+                   help='drop decode scales whose threshold stayed at 1 (the published algorithm keeps them, and '
+                        'CMSR then renders every remaining pixel at that lower scale; see models/cmsr.py)')
     p.add_argument('--device', choices=['cpu', 'cuda', 'mps'], default=None, help='default: cuda if available')
     p.add_argument('--opt', nargs='*', default=[], metavar='KEY=VALUE', help='override config entries')
     p.add_argument('--quiet', action='store_true')
@@ -89,12 +92,12 @@ def main(argv=None):
                 inp = normalise(data[i]['inp'].unsqueeze(0).to(device))
                 if window:
                     inp = window_pad(inp, window, published=True)
-                cmsr.update_table(model, inp, table, args.mse_threshold,
+                cmsr.update_table(model, inp, table, args.mse_threshold, S,
                                   cell_clip=max(S / args.trained_scale, 1))
                 if bar:
                     bar.set_description(f'x{S}')
                     bar.update(1)
-            tables[S] = table
+            tables[S] = cmsr.prune_unvalidated(table) if args.prune else table
             tables = dict(sorted(tables.items()))
             cmsr.save_tables(args.save_path, tables)     # after every scale: nothing lost if interrupted
         if bar:

@@ -63,11 +63,16 @@ def load_tables(path):
     return validate_tables(load_yaml(path, 'CMSR table file', CMSRError), path)
 
 
+def _key(k):
+    return int(k) if float(k).is_integer() else k
+
+
 def save_tables(path, tables):
-    """Write tables as YAML (keys sorted), atomically."""
+    """Write tables as YAML (keys sorted; 18.0 written as 18), atomically."""
     validate_tables(tables, path)
+    data = {_key(k): {_key(s): t for s, t in sorted(v.items())} for k, v in sorted(tables.items())}
     with atomic_write(path, 'w') as f:
-        yaml.safe_dump({k: dict(sorted(v.items())) for k, v in sorted(tables.items())}, f, sort_keys=False)
+        yaml.safe_dump(data, f, sort_keys=False)
 
 
 def choose_table(tables, S):
@@ -221,22 +226,34 @@ def initial_table(S):
     return {s: 1 for s in INITIAL_SCALES if s <= S}
 
 
+def prune_unvalidated(table):
+    """Drop decode scales below the target whose threshold was never lowered from its initial 1.
+
+    With the published semantics such a level renders *every* remaining pixel at that lower scale
+    (spec B9), so no pixel reaches the target resolution; without it, those pixels go to the next
+    level up. (The tables shipped with LMF were pruned by hand in the same spirit.)
+    """
+    target = max(table)
+    return {s: t for s, t in table.items() if s == target or t < 1}
+
+
 def bucket_range(model):
     """Intensity buckets scanned when building: LM-LIIF 0..1, LM-LTE 0..0.5 (101 values each)."""
     return (0.0, 0.5) if getattr(model, 'registry_name', '') == 'lmlte' else (0.0, 1.0)
 
 
 @torch.no_grad()
-def update_table(model, inp, table, mse_threshold, cell_clip=1.0, bsize=None):
+def update_table(model, inp, table, mse_threshold, scale, cell_clip=1.0, bsize=None):
     """One image of the published table-building algorithm (spec §4.2); updates ``table`` in place.
 
-    ``inp`` (1, 3, h, w); the target grid is ``table``'s target (h*S, w*S) with S the largest key.
-    The full-resolution reference uses cells clipped by ``cell_clip``; lower levels use exact grids
-    and unclipped cells. Errors are MSE in the normalised space.
+    ``inp`` (1, 3, h, w) is the LR image, ``scale`` the target scale S: the full-resolution reference
+    is the (h*S, w*S) grid with cells clipped by ``cell_clip``; lower decode scales use exact grids and
+    unclipped cells. Errors are MSE in the normalised space. The initial table (``initial_table(S)``)
+    may lack S itself (e.g. 18); the final step then adds it, as the published code does.
     """
     if inp.shape[0] != 1:
         raise ValueError('CMSR table building processes one image at a time')
-    S = max(table)
+    S = scale
     h, w = inp.shape[-2:]
     H, W = round(h * S), round(w * S)
     coord = make_coord((H, W), device=inp.device)

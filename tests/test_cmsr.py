@@ -29,7 +29,7 @@ def test_golden_table_building(name):
     S = g['build_scale']
     table = cmsr.initial_table(S)
     for inp in g['build_inps']:
-        cmsr.update_table(model, inp, table, g['mse_threshold'], cell_clip=max(S / 4, 1))
+        cmsr.update_table(model, inp, table, g['mse_threshold'], S, cell_clip=max(S / 4, 1))
     assert table == g['built_table'][S]
 
 
@@ -154,3 +154,11 @@ def test_table_roundtrip(tmp_path):
     cmsr.save_tables(tmp_path / 't.yaml', t)
     back = cmsr.load_tables(tmp_path / 't.yaml')
     assert back == t and list(back) == [6, 12]
+
+
+def test_prune_unvalidated_levels():
+    table = {1: 0.09, 1.5: 0.09, 2: 0.09, 3: 0.33, 4: 1, 6: 1, 8: 1.0}
+    pruned = cmsr.prune_unvalidated(table)
+    assert pruned == {1: 0.09, 1.5: 0.09, 2: 0.09, 3: 0.33, 8: 1.0}
+    assert [s for s, *_ in cmsr.levels(table, 8)][-1] == 6          # published: nothing reaches x8
+    assert [s for s, *_ in cmsr.levels(pruned, 8)][-1] == 8

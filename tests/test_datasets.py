@@ -156,7 +156,8 @@ def test_save_image_round_trips(tmp_path):
     save_image(tmp_path / 'g.png', img[:1].expand(3, -1, -1), mode_hint='L')
     back, info = load_image(tmp_path / 'g.png')
     assert info.mode == 'L' and torch.equal(back, img[:1].expand(3, -1, -1))
-    g16 = torch.rand(1, 9, 11)
+    g16 = torch.rand(1, 9, 11, generator=torch.Generator().manual_seed(0))
+    g16[0, 0, :3] = torch.tensor([0.5, 1.5, 2.5]) / 65535  # ties: exactly representable, must round to even
     save_image(tmp_path / 'g16.png', g16.expand(3, -1, -1), bit_depth=16, mode_hint='I;16')
     back, info = load_image(tmp_path / 'g16.png')
     assert info.mode == 'I;16' and torch.equal(back[0], (g16[0] * 65535).round() / 65535)

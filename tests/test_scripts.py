@@ -243,20 +243,20 @@ def test_init_cmsr_builds_several_scales_and_keeps_existing_tables(tmp_path, dem
     cfg.write_text(f'dataset: {{name: image-folder, args: {{root_path: {folder}}}}}\n')
     out = tmp_path / 'tables.yaml'
     cmsr.save_tables(out, {2: {1: 0.3, 2: 1}})
-    assert init_cmsr.main(['--model', str(demo_model), '--config', str(cfg), '--scales', '6,12',
+    assert init_cmsr.main(['--model', str(demo_model), '--config', str(cfg), '--scales', '6,18',
                            '--mse-threshold', '2e-3', '--save-path', str(out), '--quiet']) == 0
     tables = cmsr.load_tables(out)
-    assert list(tables) == [2, 6, 12] and tables[2] == {1: 0.3, 2: 1}
+    assert list(tables) == [2, 6, 18] and 18 in tables[18] and tables[2] == {1: 0.3, 2: 1}
     # the same as the library on the same LR inputs
     model = models.load_model(demo_model)
     import datasets
     from engine.inference import normalise
-    for S in (6, 12):
+    for S in (6, 18):
         table = cmsr.initial_table(S)
         data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': S}},
                              args={'dataset': datasets.make({'name': 'image-folder', 'args': {'root_path': str(folder)}})})
         for i in range(len(data)):
-            cmsr.update_table(model, normalise(data[i]['inp'][None]), table, 2e-3, cell_clip=max(S / 4, 1))
+            cmsr.update_table(model, normalise(data[i]['inp'][None]), table, 2e-3, S, cell_clip=max(S / 4, 1))
         assert tables[S] == table
 
 

@@ -210,7 +210,8 @@ def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None):
         alpha: optional float (1, H, W) or (H, W) alpha, re-attached where the format has alpha
             (dropped for JPEG, BMP and PPM).
         mode_hint: the source's PIL mode (``info.mode``); a gray mode writes a gray image
-            (luma 0.299 R + 0.587 G + 0.114 B, as PIL's 'L' conversion).
+            (luma 0.299 R + 0.587 G + 0.114 B, as PIL's 'L' conversion; three equal channels are kept as
+            they are).
     Raises:
         ImageError: unsupported extension or depth, bad shapes, or the file cannot be written.
     """
@@ -227,7 +228,10 @@ def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None):
         raise ImageError(f'{path}: expected an image (3, H, W) or (1, H, W), got shape {tuple(rgb.shape)}')
     gray = x.shape[0] == 1 or mode_hint in GRAY_MODES
     if gray and x.shape[0] == 3:
-        x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+        if torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]):
+            x = x[:1]  # already gray: keep the samples exactly (float luma weights do not sum to exactly 1)
+        else:
+            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
     if bit_depth == 16 and not (fmt == 'PNG' or (fmt == 'TIFF' and gray and alpha is None)):
         raise ImageError(f'{path}: 16-bit output is supported for PNG (and gray TIFF) only')
     channels = [x]
