@@ -177,8 +177,8 @@ def main(argv=None):
         save_image(args.output, out, bit_depth=bit_depth, alpha=alpha, mode_hint=info.mode)
         if not args.quiet:
             extra = ''
-            if args.cmsr and getattr(model, 'cmsr_stats', None) is not None and model.cmsr_stats.queries:
-                extra = f', CMSR rendered fraction {model.cmsr_stats.fraction:.3f}'
+            if args.cmsr and getattr(model, 'cmsr_stats', None) is not None:
+                extra = f'; {model.cmsr_stats.summary()}'
             print(f'{args.input} ({w}x{h}) -> {args.output} ({W}x{H}, x{H / h:.3g} rows, x{W / w:.3g} cols) '
                   f'on {device} in {time.perf_counter() - t:.2f}s'
                   + (f', tiles of {tile}px' if upscaler.tile else '') + extra)

@@ -138,6 +138,8 @@ def main(argv=None):
         if args.cmsr:
             summary['cmsr_table'] = args.cmsr
             summary['cmsr_rendered_fraction'] = model.cmsr_stats.fraction
+            summary['cmsr_render_share'] = model.cmsr_stats.render_share
+            summary['cmsr_gmacs_saved'] = model.cmsr_stats.macs_saved / 1e9
         folder = args.results_dir or os.path.join('outputs', 'test', model_name, config_name)
         write_results(folder, summary, result.rows)
         if not args.quiet:
@@ -147,7 +149,7 @@ def main(argv=None):
                       f"SSIM {ssim}  {r['seconds']:.2f}s")
         extra = ''
         if args.cmsr:
-            extra = f', CMSR rendered fraction {summary["cmsr_rendered_fraction"]:.4f}'
+            extra = f', {model.cmsr_stats.summary()}'
         print(f'result: PSNR {summary["psnr"]:.4f} dB, SSIM {summary["ssim"]:.4f} ({config_name}, protocol {protocol}, '
               f'{eval_type}, {len(result.rows)} images, model {model_name}{extra}); per-image rows in {folder}')
     except (ValueError, ConfigError, ImageError, CMSRError, models.CheckpointError, models.ModelSpecError,

@@ -25,6 +25,7 @@ from utils.config import load_yaml
 from utils.coords import make_coord, nearest_index
 from utils.io import atomic_write
 
+from .complexity import decoder_macs_per_pixel
 from .decoders.implicit import chunked
 
 #: Decode scales a new table starts from (published ``init_cmsr.py``).
@@ -150,20 +151,37 @@ def _render_points(model, state, coord, cell, bsize):
 # rendering
 # ---------------------------------------------------------------------------------------------------
 class RenderStats:
-    """Accumulates the share of full-resolution renders CMSR performed (published 'Valid mask')."""
+    """What CMSR did, accumulated over renders.
+
+    ``fraction`` is the published 'Valid mask' ratio (renders weighted by (s / S)^2, over queries);
+    ``renders / queries`` is the share of render-MLP evaluations the plain fast path would do, and
+    ``macs_saved`` the render-MLP MACs skipped (the per-LR-pixel latent MLP runs either way).
+    """
 
     def __init__(self):
         self.rendered = 0.0
         self.queries = 0
         self.renders = 0
+        self.macs_saved = 0
 
     @property
     def fraction(self):
         return self.rendered / self.queries if self.queries else float('nan')
 
+    @property
+    def render_share(self):
+        return self.renders / self.queries if self.queries else float('nan')
+
     def add(self, n_selected, s, S):
         self.rendered += n_selected / (S / s) ** 2
         self.renders += n_selected
+
+    def summary(self):
+        """One line for scripts: rendered fraction, render-MLP share and GMACs saved."""
+        if not self.queries:
+            return 'CMSR not used (it applies beyond the training scale range only)'
+        return (f'CMSR rendered fraction {self.fraction:.4f}, render-MLP queries {self.render_share:.4f} of '
+                f'the plain path, {self.macs_saved / 1e9:.2f} GMACs saved')
 
 
 def render(model, state, coord, tables, bsize=None, stats=None, exact_grid=False):
@@ -203,6 +221,7 @@ def render(model, state, coord, tables, bsize=None, stats=None, exact_grid=False
             stats.add(sel.numel(), s, S)
     if stats is not None:
         stats.queries += Q
+        stats.macs_saved += (Q - sum(p.shape[0] for p in pts)) * decoder_macs_per_pixel(model)[1]
     renders = _render_points(model, state, torch.cat(pts), torch.cat(cells), bsize) if pts else None
     # compose from coarse to fine; a level that selects nothing is skipped
     img, start, done = state.inp, 0, False

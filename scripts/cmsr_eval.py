@@ -49,8 +49,9 @@ def evaluate(model, data, scale, tables, repeats):
             total = median_time(lambda: up(inp, (H, W)), repeats)
             enc = median_time(lambda: model.encoder(normalise(inp)), repeats)
             dec += max(total - enc, 0.0)
-    fraction = model.cmsr_stats.fraction if tables is not None else 1.0
-    return sum(scores) / len(scores), fraction, dec
+    stats = model.cmsr_stats
+    fraction, share = (stats.fraction, stats.render_share) if tables is not None else (1.0, 1.0)
+    return sum(scores) / len(scores), fraction, share, dec
 
 
 def main(argv=None):
@@ -65,15 +66,17 @@ def main(argv=None):
     model = models.load_model(args.model)
     from models import cmsr
     tables = cmsr.load_tables(args.cmsr)
-    print('| set | scale | PSNR (dB) | PSNR with CMSR | rendered fraction | decoder s | decoder s with CMSR |')
-    print('|---|---|---|---|---|---|---|')
+    print('| set | scale | PSNR (dB) | PSNR with CMSR | rendered fraction | render-MLP queries | decoder s '
+          '| decoder s with CMSR |')
+    print('|---|---|---|---|---|---|---|---|')
     for name in args.sets.split(','):
         base = datasets.make({'name': 'image-folder', 'args': {'root_path': os.path.join(args.root, name, 'HR')}})
         for s in (int(v) for v in args.scales.split(',')):
             data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': s}}, args={'dataset': base})
-            p0, _, d0 = evaluate(model, data, s, None, args.repeats)
-            p1, frac, d1 = evaluate(model, data, s, tables, args.repeats)
-            print(f'| {name} | x{s} | {p0:.2f} | {p1:.2f} | {frac:.3f} | {d0:.2f} | {d1:.2f} |', flush=True)
+            p0, _, _, d0 = evaluate(model, data, s, None, args.repeats)
+            p1, frac, share, d1 = evaluate(model, data, s, tables, args.repeats)
+            print(f'| {name} | x{s} | {p0:.2f} | {p1:.2f} | {frac:.3f} | {share:.3f} | {d0:.2f} | {d1:.2f} |',
+                  flush=True)
     return 0
 
 

@@ -162,3 +162,25 @@ def test_prune_unvalidated_levels():
     assert pruned == {1: 0.09, 1.5: 0.09, 2: 0.09, 3: 0.33, 8: 1.0}
     assert [s for s, *_ in cmsr.levels(table, 8)][-1] == 6          # published: nothing reaches x8
     assert [s for s, *_ in cmsr.levels(pruned, 8)][-1] == 8
+
+
+def test_render_stats_count_the_render_mlp_macs_saved():
+    model = golden_model('lmliif_edsr')
+    inp = load_golden('lmliif_edsr')['inp']
+    h, w = inp.shape[-2:]
+    Q = 8 * h * 8 * w
+    per_query = 4 * sum(m.in_features * m.out_features for m in model.imnet.modules()
+                        if isinstance(m, torch.nn.Linear))          # 4 neighbours x the render MLP
+    coord, cell = grid(8 * h, 8 * w, 2.0)
+    with torch.no_grad():
+        model.set_cmsr({8: {1: 100}})             # everything at x1, then bilinear to x8
+        model(inp, coord, cell)
+        s = model.cmsr_stats
+        assert s.renders == h * w and s.render_share == h * w / Q
+        assert s.macs_saved == (Q - h * w) * per_query
+        model.cmsr_stats = cmsr.RenderStats()
+        model.set_cmsr({8: {8: 1}})               # everything at the target: nothing saved
+        model(inp, coord, cell)
+        assert model.cmsr_stats.renders == Q and model.cmsr_stats.macs_saved == 0
+    assert 'not used' in cmsr.RenderStats().summary()
+    assert '0.00 GMACs saved' in model.cmsr_stats.summary()

@@ -77,6 +77,7 @@ def test_lmf_protocol_and_cmsr_at_x8(tmp_path, capsys):
                                  '--model', str(ckpt), '--cmsr', str(table_path), *opts)
     assert plain['protocol'] == 'test-lmf'
     assert 0 < with_cmsr['cmsr_rendered_fraction'] < 1 and 'CMSR rendered fraction' in out
+    assert 0 < with_cmsr['cmsr_render_share'] < 1 and with_cmsr['cmsr_gmacs_saved'] > 0 and 'GMACs saved' in out
     assert abs(with_cmsr['psnr'] - plain['psnr']) < 1.0
 
 
@@ -266,3 +267,46 @@ def test_init_cmsr_refuses_non_lm_models(tmp_path, capsys):
     cfg.write_text(f'dataset: {{name: image-folder, args: {{root_path: {tmp_path}}}}}\n')
     assert init_cmsr.main(['--model', str(ckpt), '--config', str(cfg), '--save-path', str(tmp_path / 't.yaml')]) == 1
     assert 'lmliif / lmlte' in capsys.readouterr().err
+
+
+def test_every_test_config_is_consistent_with_its_name():
+    """configs/test*/<set>-x<S>.yaml: scale, scoring, protocol and LR source agree with the file name."""
+    import re
+
+    from engine.evaluation import parse_eval_type
+    from utils.config import load_config
+    paths = sorted((ROOT / 'configs').glob('test*/*.yaml'))
+    assert len(paths) == 2 * (5 * 6 + 8)  # 5 benchmarks x {2,3,4,6,8,12} + DIV2K x {2,3,4,6,12,18,24,30}
+    for path in paths:
+        name, scale = re.fullmatch(r'([a-z0-9]+)-x(\d+)', path.stem).groups()
+        cfg = load_config(path)
+        kind, s = parse_eval_type(cfg['eval_type'])
+        assert (kind, s) == ('div2k' if name == 'div2k' else 'benchmark', int(scale)), path
+        assert cfg['protocol'] == {'test': 'test-original', 'test-lmf': 'test-lmf'}[path.parent.name], path
+        ds, wrapper = cfg['test_dataset']['dataset'], cfg['test_dataset']['wrapper']
+        if ds['name'] == 'paired-image-folders':  # published LR files: test-original at x2-x4 only
+            assert path.parent.name == 'test' and int(scale) <= 4, path
+            assert ds['args']['root_path_1'].endswith(f'X{scale}') and wrapper['name'] == 'sr-implicit-paired'
+        else:
+            assert wrapper['args']['scale_min'] == wrapper['args']['scale_max'] == int(scale), path
+        assert cfg['test_dataset']['batch_size'] == 1
+
+
+def test_cmsr_eval_table(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('cmsr_eval', ROOT / 'scripts' / 'cmsr_eval.py')
+    cmsr_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmsr_eval)
+    from tests.test_datasets import smooth_uint8
+    hr = tmp_path / 'data' / 'Tiny' / 'HR'
+    hr.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(smooth_uint8(96, 80, seed=i)).save(hr / f"{i}.png")
+    ckpt = golden_checkpoint(tmp_path, 'lmliif_edsr')
+    table_path = tmp_path / 't.yaml'
+    cmsr.save_tables(table_path, {8: {8: 1}})     # everything at the target: PSNR unchanged, share 1
+    assert cmsr_eval.main(['--model', str(ckpt), '--cmsr', str(table_path), '--root', str(tmp_path / 'data'),
+                           '--sets', 'Tiny', '--scales', '8', '--repeats', '1']) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split('|')[1:-1]
+    assert [c.strip() for c in row[:2]] == ['Tiny', 'x8']
+    assert row[2] == row[3] and float(row[4]) == 1.0 and float(row[5]) == 1.0
