@@ -212,7 +212,9 @@ def markdown(rows, args, rate, golden, device_name):
         rate_s = '—' if r.get('dec_gmac_per_s') is None else f"{r['dec_gmac_per_s']:.1f} ({100 * r['dec_gmac_per_s'] / rate:.0f}%)"
         note = r.get('note', '')
         if r.get('rendered_fraction') is not None:
-            note = (note + ' ' if note else '') + f"CMSR rendered fraction {r['rendered_fraction']:.3f}"
+            frac = r['rendered_fraction']
+            note = (note + ' ' if note else '') + (f'CMSR rendered fraction {frac:.3f}' if frac == frac
+                                                   else 'CMSR not used (within the training scales)')
         lines.append(f"| {r['model']} | x{r['scale']} | {r['output']} | {fmt(r.get('enc_params'))} | "
                      f"{fmt(r.get('dec_params'))} | {fmt(r.get('enc_gmacs'))} | {fmt(r.get('dec_gmacs'))} | "
                      f"{fmt(r.get('closed_gmacs'))} | {fmt(r.get('enc_s'))} | {fmt(r.get('dec_s'))} | {rate_s} | "

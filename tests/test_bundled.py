@@ -10,7 +10,8 @@ from tests.test_scripts import run_test, set5_opts
 BUNDLED = ROOT / 'save' / 'pretrained_models'
 # Set5 PSNR (Y, shave = scale) measured when the models were exported (README "Pretrained models");
 # a broken load, a changed decoder or a changed evaluation protocol moves these by far more than 0.01 dB.
-EXPECTED = {'edsr-b_lm-liif.pth': {'name': 'lmliif', 'set5-x4': 29.02}}
+EXPECTED = {'edsr-b_lm-liif.pth': {'name': 'lmliif', 'scale': 4, 'psnr': 29.02, 'bicubic': 28.43},
+            'edsr-b_lm-lte.pth': {'name': 'lmlte', 'scale': 2, 'psnr': 34.53, 'bicubic': 33.67}}
 
 
 @pytest.mark.parametrize('filename', sorted(EXPECTED))
@@ -23,9 +24,10 @@ def test_bundled_checkpoint_is_self_describing(filename):
 
 
 @pytest.mark.parametrize('filename', sorted(EXPECTED))
-def test_bundled_model_scores_on_set5_x4(tmp_path, capsys, filename):
-    opts = set5_opts(4)  # skips without ../shared/data
-    summary, _, _ = run_test(tmp_path, capsys, '--config', str(ROOT / 'configs/test/set5-x4.yaml'),
+def test_bundled_model_scores_on_set5(tmp_path, capsys, filename):
+    e = EXPECTED[filename]
+    opts = set5_opts(e['scale'])  # skips without ../shared/data
+    summary, _, _ = run_test(tmp_path, capsys, '--config', str(ROOT / f"configs/test/set5-x{e['scale']}.yaml"),
                              '--model', str(BUNDLED / filename), *opts)
-    assert abs(summary['psnr'] - EXPECTED[filename]['set5-x4']) < 0.01
-    assert summary['psnr'] > 28.43 + 0.5  # well above bicubic (28.43 dB)
+    assert abs(summary['psnr'] - e['psnr']) < 0.01
+    assert summary['psnr'] > e['bicubic'] + 0.5  # well above bicubic
