@@ -154,15 +154,16 @@ class RenderStats:
     """What CMSR did, accumulated over renders.
 
     ``fraction`` is the published 'Valid mask' ratio (renders weighted by (s / S)^2, over queries);
-    ``renders / queries`` is the share of render-MLP evaluations the plain fast path would do, and
-    ``macs_saved`` the render-MLP MACs skipped (the per-LR-pixel latent MLP runs either way).
+    ``render_share`` (renders / queries) is the share of render-MLP evaluations the plain fast path
+    would do, and ``macs_saved`` the render-MLP MACs skipped (the per-LR-pixel latent MLP runs either
+    way), from the model's per-query MACs that ``render`` records.
     """
 
     def __init__(self):
         self.rendered = 0.0
         self.queries = 0
         self.renders = 0
-        self.macs_saved = 0
+        self.macs_per_query = 0
 
     @property
     def fraction(self):
@@ -171,6 +172,10 @@ class RenderStats:
     @property
     def render_share(self):
         return self.renders / self.queries if self.queries else float('nan')
+
+    @property
+    def macs_saved(self):
+        return (self.queries - self.renders) * self.macs_per_query
 
     def add(self, n_selected, s, S):
         self.rendered += n_selected / (S / s) ** 2
@@ -221,7 +226,7 @@ def render(model, state, coord, tables, bsize=None, stats=None, exact_grid=False
             stats.add(sel.numel(), s, S)
     if stats is not None:
         stats.queries += Q
-        stats.macs_saved += (Q - sum(p.shape[0] for p in pts)) * decoder_macs_per_pixel(model)[1]
+        stats.macs_per_query = decoder_macs_per_pixel(model)[1]
     renders = _render_points(model, state, torch.cat(pts), torch.cat(cells), bsize) if pts else None
     # compose from coarse to fine; a level that selects nothing is skipped
     img, start, done = state.inp, 0, False

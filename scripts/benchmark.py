@@ -213,8 +213,8 @@ def markdown(rows, args, rate, golden, device_name):
         note = r.get('note', '')
         if r.get('rendered_fraction') is not None:
             frac = r['rendered_fraction']
-            note = (note + ' ' if note else '') + (f'CMSR rendered fraction {frac:.3f}' if frac == frac
-                                                   else 'CMSR not used (within the training scales)')
+            note = (note + ' ' if note else '') + ('CMSR not used (within the training scales)' if math.isnan(frac)
+                                                   else f'CMSR rendered fraction {frac:.3f}')
         lines.append(f"| {r['model']} | x{r['scale']} | {r['output']} | {fmt(r.get('enc_params'))} | "
                      f"{fmt(r.get('dec_params'))} | {fmt(r.get('enc_gmacs'))} | {fmt(r.get('dec_gmacs'))} | "
                      f"{fmt(r.get('closed_gmacs'))} | {fmt(r.get('enc_s'))} | {fmt(r.get('dec_s'))} | {rate_s} | "
