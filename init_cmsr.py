@@ -6,13 +6,19 @@
 For each target scale S, every image of the config's dataset is downscaled by S (PIL bicubic) and
 rendered at the full target resolution; then, decode scale by decode scale, the largest modulation
 intensity whose pixels can be rendered at the lower scale and bilinearly upsampled with an MSE of at
-most the threshold is recorded, as a running minimum over images (the published algorithm, spec §4.2).
+most the threshold is recorded, as a running minimum over images (the published algorithm; docs/deviations.md, B9).
 
 The threshold is an MSE in the models' normalised output space, [-1, 1]: 2e-5 (the published value)
 equals 5e-6 in [0, 1] pixel units, i.e. about 53 dB PSNR, or an RMS error of 0.57 grey levels out of 255.
 
 The YAML at --save-path is read, updated for the given scales and written back (atomically), so tables
 for more scales can be added later. Use it with test.py / demo.py --cmsr.
+
+The published spelling works as well (flags --mse_threshold, --save_path, --trained_scale, --gpu; a bare
+checkpoint name is looked up in save/pretrained_models/; the target scale comes from the config's eval_type):
+
+    python init_cmsr.py --config configs/cmsr/init-div2k-x2.yaml --model edsr-b_lm-liif.pth --gpu 0 \\
+        --mse_threshold 0.00002 --save_path configs/cmsr/result/edsr-b_lm-liif_2e-5.yaml
 """
 import argparse
 import math
@@ -20,97 +26,158 @@ import sys
 
 
 def build_parser():
+    from engine import cli
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', required=True, help='trained LM-LIIF or LM-LTE checkpoint')
+    p.add_argument('--model', required=True,
+                   help='trained LM checkpoint (a bare file name is also looked up in save/pretrained_models/)')
     p.add_argument('--config', required=True,
-                   help="YAML with a 'dataset' spec of HR images (e.g. configs/cmsr/init-div2k.yaml)")
-    p.add_argument('--scales', default='6,12,18', help='target scales to build, comma-separated integers')
-    p.add_argument('--mse-threshold', type=float, default=2e-5,
+                   help="YAML with a 'dataset' spec of HR images (e.g. configs/cmsr/init-div2k.yaml), or a "
+                        "published init config (test_dataset + eval_type div2k-S, e.g. "
+                        "configs/cmsr/init-div2k-x2.yaml)")
+    p.add_argument('--scales', default=None,
+                   help="target scales to build, comma-separated integers (default: the config's eval_type scale for "
+                        "published init configs, else 6,12,18)")
+    p.add_argument('--mse-threshold', '--mse_threshold', dest='mse_threshold', type=float, default=2e-5,
                    help='largest MSE in normalised [-1, 1] units (default 2e-5 = 5e-6 in [0, 1] units)')
-    p.add_argument('--save-path', required=True, help='YAML file to create or update')
-    p.add_argument('--trained-scale', type=float, default=4,
-                   help='largest training scale: cells are clipped by max(S / trained_scale, 1) (default 4)')
+    p.add_argument('--save-path', '--save_path', dest='save_path', required=True,
+                   help='YAML file to create or update')
+    p.add_argument('--trained-scale', '--trained_scale', dest='trained_scale', type=float, default=None,
+                   help="largest training scale: cells are clipped by max(S / trained_scale, 1) (default: the "
+                        "checkpoint's training config, else 4)")
     p.add_argument('--window', type=int, default=None,
                    help='pad inputs like the published SwinIR evaluation (default: 8 for SwinIR encoders)')
     p.add_argument('--first-k', type=int, default=None, help='use only the first k images')
     p.add_argument('--prune', action='store_true',
                    help='drop decode scales whose threshold stayed at 1 (the published algorithm keeps them, and '
-                        'CMSR then renders every remaining pixel at that lower scale; see models/cmsr.py)')
-    p.add_argument('--device', choices=['cpu', 'cuda', 'mps'], default=None, help='default: cuda if available')
+                        'CMSR then renders every remaining pixel at that lower scale; see engine/cmsr.py)')
+    cli.add_device_args(p)
     p.add_argument('--opt', nargs='*', default=[], metavar='KEY=VALUE', help='override config entries')
     p.add_argument('--quiet', action='store_true')
     return p
 
 
+def dataset_and_scales(cfg, where, scales_text):
+    """(HR dataset spec, scales) from our format (``dataset:``) or a published init config
+    (``test_dataset: {dataset, wrapper sr-implicit-downsampled}`` and ``eval_type: div2k-S``)."""
+    from engine.evaluation import parse_eval_type
+    from utils.config import ConfigError, require
+    if 'dataset' in cfg:
+        return dict(require(cfg, 'dataset', where=where)), parse_scales(scales_text or '6,12,18')
+    spec = require(cfg, 'test_dataset', where=where)
+    wrapper = (spec.get('wrapper') or {}).get('name')
+    if wrapper not in (None, 'sr-implicit-downsampled'):
+        raise ConfigError(f"{where}: test_dataset.wrapper {wrapper!r}: CMSR tables are built from HR images "
+                          f"downscaled on the fly (sr-implicit-downsampled)")
+    if scales_text:
+        return dict(require(spec, 'dataset', where=where)), parse_scales(scales_text)
+    _, S = parse_eval_type(require(cfg, 'eval_type', where=where))
+    if not float(S).is_integer():
+        raise ConfigError(f'{where}: eval_type scale {S} must be an integer for table building')
+    return dict(require(spec, 'dataset', where=where)), [int(S)]
+
+
 def parse_scales(text):
-    try:
-        scales = [int(s) for s in text.split(',')]
-    except ValueError:
-        raise ValueError(f'--scales {text!r}: give integers such as 2,3,4,6,12,18') from None
-    if any(s < 1 for s in scales):
-        raise ValueError(f'--scales {text!r}: scales must be >= 1')
-    return sorted(set(scales))
+    from utils.validate import scales_list
+    return scales_list(text, '--scales', integers=True, minimum=1)
+
+
+def merge_image_table(table, own, S):
+    """Apply one image's effect to ``table`` as ``cmsr.update_table`` would have, in place.
+
+    ``own`` is ``update_table`` of that image on a table of the same keys set to infinity: the per-scale
+    candidates after the downward minimum, and at ``S`` the published final overwrite (infinite: none).
+    For a table whose thresholds do not decrease with the decode scale (every table the algorithm
+    produces), ``min(table, own)`` below ``S`` and the overwrite at ``S`` equal the in-place update, so
+    images measured on several processes and merged here in image order give the single-process table.
+    """
+    for s, value in own.items():
+        if s < S:
+            table[s] = min(table[s], value)
+    if math.isfinite(own.get(S, math.inf)):
+        table[S] = own[S]
+        for s in table:
+            if s < S:
+                table[s] = min(table[s], table[S])
+    return table
 
 
 def main(argv=None):
+    from engine import cli
+    return cli.run(_main, argv, 'init_cmsr.py')
+
+
+def _main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        import os
+    import os
 
-        import torch
+    import datasets
+    from engine import cli, cmsr
+    from engine.inference import normalise, window_pad
+    from utils.coords import cell_clip_factor
+    from utils.config import apply_overrides, load_config
 
-        import datasets
-        import models
-        from engine.inference import normalise, window_pad
-        from models import cmsr
-        from utils.config import ConfigError, apply_overrides, load_config, require
-        from utils.image import ImageError
-
-        scales = parse_scales(args.scales)
-        if not (args.mse_threshold > 0 and math.isfinite(args.mse_threshold)):
-            raise ValueError('--mse-threshold must be a positive number')
-        cfg = apply_overrides(load_config(args.config), args.opt)
-        device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        model = models.load_model(args.model, map_location=device).eval()
-        if not hasattr(model, 'set_cmsr'):
-            raise ValueError(f'{args.model} is a {model.spec["name"]} model; CMSR tables are for lmliif / lmlte')
-        window = args.window if args.window is not None else getattr(model.encoder, 'window_size', 0)
-        tables = cmsr.load_tables(args.save_path) if os.path.exists(args.save_path) else {}
-        base_spec = dict(require(cfg, 'dataset', where=args.config))
-        if args.first_k:
-            base_spec['args'] = dict(base_spec.get('args') or {}, first_k=args.first_k)
-        base = datasets.make(base_spec)
-        bar = None
-        if not args.quiet:
-            from tqdm import tqdm
-            bar = tqdm(total=len(scales) * len(base), unit='img', dynamic_ncols=True)
-        for S in scales:
-            table = tables.get(S) or cmsr.initial_table(S)
-            data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': S, 'scale_max': S}},
-                                 args={'dataset': base})
-            for i in range(len(data)):
-                inp = normalise(data[i]['inp'].unsqueeze(0).to(device))
-                if window:
-                    inp = window_pad(inp, window, published=True)
+    from utils import validate
+    if not (args.mse_threshold > 0 and math.isfinite(args.mse_threshold)):
+        raise ValueError('--mse-threshold must be a positive number')
+    validate.cli_numbers(args, 'init_cmsr.py')          # --trained-scale, --window, --first-k
+    validate.output_file(args.save_path, '--save-path', inputs=(args.config, args.model), create_parent=True,
+                         extensions=('.yaml', '.yml'))  # before any compute
+    cfg = apply_overrides(load_config(args.config), args.opt)
+    cli.check_data_norm(cfg, args.config)
+    base_spec, scales = dataset_and_scales(cfg, args.config, args.scales)
+    device = cli.choose_device(args.device, args.gpu, 'init_cmsr.py')
+    model, ckpt = cli.load_model(args.model, device, 'init_cmsr.py')
+    if not model.capabilities.modulated:
+        raise ValueError(f'{args.model} is a {model.spec["name"]} model; CMSR tables are for LM models '
+                         f'(lmliif, lmlte, lmciaosr)')
+    trained_scale = cli.max_train_scale(model, ckpt, args.trained_scale)
+    window = args.window if args.window is not None else model.capabilities.window
+    tables = cmsr.load_tables(args.save_path, model.capabilities) if os.path.exists(args.save_path) else {}
+    if args.first_k:
+        base_spec['args'] = dict(base_spec.get('args') or {}, first_k=args.first_k)
+    base = datasets.make(base_spec)
+    rank, world, _ = cli.distributed_env()
+    world = cli.init_process_group(device)        # torchrun: images sharded, merged on rank 0 in image order
+    bar = None
+    if not args.quiet and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=len(scales) * len(base), unit='img', dynamic_ncols=True)
+    for S in scales:
+        table = tables.get(S) or cmsr.initial_table(S)
+        data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': S, 'scale_max': S}},
+                             args={'dataset': base})
+        mine = []                                    # sharded: (index, the image's own effect on a table)
+        for i in range(rank, len(data), world):
+            inp = normalise(data[i]['inp'].unsqueeze(0).to(device))
+            if window:
+                inp = window_pad(inp, window, published=True)
+            if world == 1:
                 cmsr.update_table(model, inp, table, args.mse_threshold, S,
-                                  cell_clip=max(S / args.trained_scale, 1))
-                if bar:
-                    bar.set_description(f'x{S}')
-                    bar.update(1)
+                                  cell_clip=cell_clip_factor(S, trained_scale))
+            else:
+                own = cmsr.update_table(model, inp, {s: math.inf for s in table}, args.mse_threshold, S,
+                                        cell_clip=cell_clip_factor(S, trained_scale))
+                mine.append((i, own))
+            if bar:
+                bar.set_description(f'x{S}')
+                bar.update(min(world, len(data) - i))
+        if world > 1:
+            for _, own in sorted(p for part in cli.gather(mine) for p in part):
+                merge_image_table(table, own, S)
+        if rank == 0:
             tables[S] = cmsr.prune_unvalidated(table) if args.prune else table
             tables = dict(sorted(tables.items()))
-            cmsr.save_tables(args.save_path, tables)     # after every scale: nothing lost if interrupted
-        if bar:
-            bar.close()
-        if not args.quiet:
-            for S in scales:
-                print(f'x{S}: ' + ', '.join(f'{s}: {t:g}' for s, t in tables[S].items()))
-            print(f'wrote {args.save_path} (MSE threshold {args.mse_threshold:g} normalised = '
-                  f'{args.mse_threshold / 4:g} in [0, 1] units)')
-    except (ValueError, ConfigError, ImageError, cmsr.CMSRError, models.CheckpointError,
-            models.ModelSpecError) as e:
-        print(f'init_cmsr.py: error: {e}', file=sys.stderr)
-        return 1
+            os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
+            cmsr.save_tables(args.save_path, tables, model.capabilities.name)   # after every scale: nothing lost
+    if bar:
+        bar.close()
+    if rank != 0:
+        return 0
+    if not args.quiet:
+        for S in scales:
+            print(f'x{S}: ' + ', '.join(f'{s}: {t:g}' for s, t in tables[S].items()))
+        print(f'wrote {args.save_path} (MSE threshold {args.mse_threshold:g} normalised = '
+              f'{args.mse_threshold / 4:g} in [0, 1] units)')
     return 0
 
 

@@ -2,6 +2,9 @@
 
     python train.py --config configs/train-lmf/train_edsr-baseline-lmliif.yaml
     torchrun --nproc_per_node 4 train.py --config ...        # several GPUs (or CPU processes, gloo)
+    python train.py --config configs/train-lmf/train_edsr-baseline-lmliif.yaml --gpu 0 --name edsr-b_lm-liif
+
+The published flags --gpu N (--gpu 0,1 names the equivalent torchrun command), --name and --tag work.
 
 Runs go to save/<name>/ (default name: _<config file stem>[_<tag>]): the resolved config.yaml, log.txt,
 TensorBoard events in tensorboard/, and checkpoints epoch-last.pth, epoch-best.pth, epoch-<N>.pth.
@@ -13,6 +16,7 @@ import sys
 
 
 def parse_args(argv=None):
+    from engine import cli
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', required=True, help='YAML training config (see configs/train-*)')
     p.add_argument('--name', help='run name: checkpoints go to <save-root>/<name> (default _<config stem>)')
@@ -20,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument('--save-root', default='save', help='folder holding runs (default: save)')
     p.add_argument('--opt', nargs='*', default=[], metavar='KEY=VALUE',
                    help='override config entries, e.g. --opt epoch_max=10 train_dataset.batch_size=8')
-    p.add_argument('--device', choices=['cpu', 'cuda', 'mps'], help='default: cuda if available, else cpu')
+    cli.add_device_args(p, multi=True)
     p.add_argument('--workers', type=int, default=None,
                    help='data-loading processes per training process (default: min(8, cores - 1))')
     p.add_argument('--seed', type=int, default=None, help='random seed (default: config "seed", else 0)')
@@ -28,30 +32,73 @@ def parse_args(argv=None):
     p.add_argument('--grad-clip', type=float, default=None, help='clip the gradient norm to this value')
     p.add_argument('--no-resume', action='store_true',
                    help='start from scratch even if the run folder holds epoch-last.pth (it will be overwritten)')
-    p.add_argument('--stop-after', type=int, default=None, metavar='N',
-                   help='stop after N epochs of this invocation (resume later with the same command)')
+    stop_env = os.environ.get(cli.STOP_AFTER_ENV)
+    p.add_argument('--stop-after', type=int, default=int(stop_env) if stop_env else None, metavar='N',
+                   help='stop after N epochs of this invocation (resume later with the same command); default: '
+                        f'the environment variable {cli.STOP_AFTER_ENV} if set')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p.parse_args(argv)
 
 
+def training_device(args, argv):
+    """The device of this process (``engine.cli.choose_device``); ``--gpu 0,1`` outside torchrun names the
+    equivalent torchrun command (one process per GPU, DistributedDataParallel, same global batch)."""
+    import torch
+
+    from engine import cli
+    if args.gpu is not None and len(cli.parse_gpus(args.gpu)) > 1 and cli.distributed_env()[1] == 1 \
+            and torch.cuda.is_available():
+        argv = sys.argv[1:] if argv is None else argv
+        command = cli.torchrun_command(len(cli.parse_gpus(args.gpu)), argv)
+        raise cli.CLIError(f'--gpu {args.gpu}: several GPUs train with one process each; run '
+                           f'CUDA_VISIBLE_DEVICES={args.gpu} {command}')
+    return cli.choose_device(args.device, args.gpu, 'train.py')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from engine.training import TrainingDiverged, setup_distributed, train
-    from models import CheckpointError, ModelSpecError
-    from utils.config import ConfigError, apply_overrides, load_config
     try:
+        from engine.distributed import PeerFailed, setup_distributed
+        from engine.run_folder import RunFolderError
+        from engine.training import TrainingDiverged, fit
+        from models import CheckpointError, ModelSpecError
+        from datasets.check import check_loader_spec
+        from models.registry import MODELS
+        from utils import validate
+        from utils.config import ConfigError, apply_overrides, load_config, require
+    except ImportError as e:     # e.g. a Python without torch: say so in one line
+        print(f'train.py: error: {e} (install the requirements: pip install -r requirements.txt)', file=sys.stderr)
+        return 1
+    try:
+        validate.cli_numbers(args, 'train.py')
+        device = training_device(args, argv)
         cfg = apply_overrides(load_config(args.config), args.opt)
+        validate.spec_types(require(cfg, 'model', where=args.config), MODELS, 'model')   # before anything is built
+        for part in ('train_dataset', 'val_dataset'):
+            if cfg.get(part) is not None:
+                if not isinstance(cfg[part], dict):
+                    raise ConfigError(f'{args.config}: {part} must be a mapping, got {type(cfg[part]).__name__}')
+                if 'batch_size' in cfg[part]:
+                    validate.integer(cfg[part]['batch_size'], f'{part}.batch_size', minimum=1)
+                check_loader_spec(cfg[part], part)      # folders listed, args checked; nothing decoded
+        for key in ('epoch_max', 'epoch_val', 'epoch_save'):
+            if cfg.get(key) is not None:
+                validate.integer(cfg[key], key, minimum=1)
+        if cfg.get('seed') is not None:
+            validate.integer(cfg['seed'], 'seed', minimum=0)
         name = args.name or '_' + os.path.splitext(os.path.basename(args.config))[0]
         if args.tag:
             name += '_' + args.tag
         save_dir = os.path.join(args.save_root, name)
+        validate.output_folder(save_dir, '--save-root/--name', inputs=(args.config,))
         workers = args.workers if args.workers is not None else min(8, max((os.cpu_count() or 1) - 1, 0))
         seed = args.seed if args.seed is not None else int(cfg.get('seed', 0))
-        dd = setup_distributed(args.device)
-        train(cfg, save_dir, dd, workers=workers, seed=seed, amp=args.amp, grad_clip=args.grad_clip,
-              resume=not args.no_resume, stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, ModelSpecError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError) as e:
-        print(f'train.py: error: {e}', file=sys.stderr)
+        dd = setup_distributed(device)
+        fit(cfg, save_dir, dd, workers=workers, seed=seed, amp=args.amp, grad_clip=args.grad_clip,
+            resume=not args.no_resume, stop_after=args.stop_after, progress=not args.no_progress)
+    except (ConfigError, ModelSpecError, CheckpointError, TrainingDiverged, RunFolderError, PeerFailed,
+            FileNotFoundError, ValueError, OSError) as e:
+        print(f'train.py: error: {validate.message(e)}', file=sys.stderr)   # one line, also from data workers
         return 1
     return 0
 

@@ -6,7 +6,7 @@
     ...                        'args': {'inp_size': 48, 'scale_max': 4, 'augment': True, 'sample_q': 2304}},
     ...                       args={'dataset': hr})
 
-Registered names (the published ones, spec §6, plus IGConv's integer-scale wrapper): ``image-folder``,
+Registered names (the published LIIF / LMF ones, plus IGConv's integer-scale wrapper): ``image-folder``,
 ``paired-image-folders``, ``sr-implicit-downsampled``, ``sr-implicit-paired``,
 ``sr-implicit-uniform-varied``, ``sr-integer-downsampled``. ``datasets.samplers.ScaleBatchSampler``
 forms single-scale batches for the latter.

@@ -1,6 +1,6 @@
 """Batch samplers. ``ScaleBatchSampler``: single-scale batches for multi-scale integer training (IGConv).
 
-Mirrors BasicSR's ``EnlargedRandomScaleSampler`` (igconv §5.1, §8.3): per epoch the indices are shuffled
+Mirrors BasicSR's ``EnlargedRandomScaleSampler``: per epoch the indices are shuffled
 (identically on every rank) and sharded over DDP ranks; each rank then draws one scale per mini-batch,
 uniformly from ``scales`` and independently of the other ranks, and yields lists of ``(index, scale)``
 for ``DataLoader(dataset, batch_sampler=sampler)`` with an ``sr-integer-downsampled`` dataset.

@@ -1,9 +1,10 @@
-"""Super-resolution wrappers: turn HR images (or LR/HR pairs) into training and test items (spec §6).
+"""Super-resolution wrappers: turn HR images (or LR/HR pairs) into training and test items (as published).
 
 Implicit wrappers (LIIF / LTE / LMF) return ``{'inp' (3, h, w), 'coord' (Q, 2), 'cell' (Q, 2),
 'gt' (Q, 3)}``: ``coord`` / ``gt`` come from ``utils.coords.to_pixel_samples`` of the HR (raster order,
 (row, col) coordinates), optionally ``sample_q`` rows without replacement, and ``cell`` is
-(2 / H_hr, 2 / W_hr) for every row. The integer-scale wrapper (IGConv) returns
+(2 / H_hr, 2 / W_hr) for every row; their ``-fast`` variants (grid models: LTE-fast) return ``coord``
+(H', W', 2), ``gt`` (3, H', W') and one ``cell`` (2,) per item. The integer-scale wrapper (IGConv) returns
 ``{'inp' (3, h, w), 'gt' (3, s*h, s*w), 'scale': s}``. LR images are made by ``pil_bicubic_resize``
 (the published ``resize_fn``: uint8 PIL bicubic).
 
@@ -17,7 +18,7 @@ from the global ``random`` / ``np.random`` / ``torch`` state. An item is therefo
 data bit-exactly. Call ``set_epoch(epoch)`` before each epoch; the epoch is read at ``__getitem__`` time,
 so with ``num_workers > 0`` it reaches the workers when they are created, i.e. at each
 ``iter(loader)`` with the default ``persistent_workers=False`` (persistent workers would keep a stale
-epoch). This deliberately differs from the published Python-``random`` streams (spec B23 allows fixing
+epoch). This deliberately differs from the published Python-``random`` streams (docs/deviations.md, B23: fixing
 that nondeterminism): sampled items follow the same distributions but are not the same draws.
 """
 import math
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.coords import make_cell, to_pixel_samples
+from utils.coords import make_cell, make_coord, to_pixel_samples
 from utils.imresize import pil_bicubic_resize
 
 from .registry import DatasetError, register
@@ -74,6 +75,36 @@ def query_samples(hr, sample_q, rng):
     return coord, make_cell(hr.shape[-2:], n=len(coord)), gt
 
 
+def _check_int(value, name, minimum=1, allow_none=True):
+    """A wrapper argument that must be an integer >= minimum (or None), named in the error."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DatasetError(f'{name} must be an integer >= {minimum}, got {value!r:.80}')
+    return int(value)
+
+
+def _check_number(value, name, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or (minimum is not None and value < minimum):
+        if isinstance(value, str):
+            try:
+                v = float(value)
+                if math.isfinite(v) and (minimum is None or v >= minimum):
+                    return v
+            except ValueError:
+                pass
+        raise DatasetError(f'{name} must be a number' + (f' >= {minimum}' if minimum is not None else '')
+                           + f', got {value!r:.80}')
+    return value
+
+
+def _check_bool(value, name):
+    if not isinstance(value, bool):
+        raise DatasetError(f'{name} must be true or false, got {value!r:.80}')
+    return value
+
+
 def _describe(dataset, idx):
     path = getattr(dataset, 'path', None)
     return f'item {idx} ({path(idx)})' if callable(path) else f'item {idx}'
@@ -83,7 +114,7 @@ class RandomWrapper(Dataset):
     """Base of the wrappers: holds the wrapped dataset, ``seed`` and ``epoch``; ``rng(index)``."""
 
     def __init__(self, dataset, seed=0):
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise DatasetError(f'seed must be a non-negative integer, got {seed!r}')
         self.dataset = dataset
         self.seed = int(seed)
@@ -109,7 +140,7 @@ class RandomWrapper(Dataset):
 
 @register('sr-implicit-downsampled')
 class SRImplicitDownsampled(RandomWrapper):
-    """HR images -> (PIL-bicubic LR, HR queries) at a random scale s ~ U(scale_min, scale_max) (§6.3).
+    """HR images -> (PIL-bicubic LR, HR queries) at a random scale s ~ U(scale_min, scale_max)
 
     * Test mode (``inp_size`` None): h = floor(H/s + 1e-9), w = floor(W/s + 1e-9); the HR is cropped to
       its top-left round(h*s) x round(w*s) and resized to (h, w).
@@ -119,9 +150,12 @@ class SRImplicitDownsampled(RandomWrapper):
 
     def __init__(self, dataset, inp_size=None, scale_min=1, scale_max=None, augment=False, sample_q=None, seed=0):
         super().__init__(dataset, seed)
-        self.inp_size = inp_size
-        self.scale_min = scale_min
-        self.scale_max = scale_min if scale_max is None else scale_max
+        self.inp_size = _check_int(inp_size, 'sr-implicit-downsampled: inp_size')
+        self.scale_min = _check_number(scale_min, 'sr-implicit-downsampled: scale_min')
+        self.scale_max = self.scale_min if scale_max is None else \
+            _check_number(scale_max, 'sr-implicit-downsampled: scale_max')
+        _check_bool(augment, 'sr-implicit-downsampled: augment')
+        sample_q = _check_int(sample_q, 'sr-implicit-downsampled: sample_q')
         if not 0 < self.scale_min <= self.scale_max:
             raise DatasetError(f'need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}')
         self.augment = augment
@@ -149,7 +183,7 @@ class SRImplicitDownsampled(RandomWrapper):
 
 @register('sr-implicit-paired')
 class SRImplicitPaired(RandomWrapper):
-    """(LR, HR) pairs -> implicit items at the pair's integer scale s = H_hr // H_lr (§6.4).
+    """(LR, HR) pairs -> implicit items at the pair's integer scale s = H_hr // H_lr.
 
     Test mode: the whole LR, the HR cropped top-left to (h*s, w*s). Train mode: a random ``inp_size``
     LR crop and the aligned (inp_size*s)-square HR crop. Augmentation and queries as above.
@@ -157,9 +191,9 @@ class SRImplicitPaired(RandomWrapper):
 
     def __init__(self, dataset, inp_size=None, augment=False, sample_q=None, seed=0):
         super().__init__(dataset, seed)
-        self.inp_size = inp_size
-        self.augment = augment
-        self.sample_q = sample_q
+        self.inp_size = _check_int(inp_size, 'sr-implicit-paired: inp_size')
+        self.augment = _check_bool(augment, 'sr-implicit-paired: augment')
+        self.sample_q = _check_int(sample_q, 'sr-implicit-paired: sample_q')
 
     def __getitem__(self, idx):
         rng = self.rng(idx)
@@ -179,9 +213,61 @@ class SRImplicitPaired(RandomWrapper):
         return self.implicit_item(rng, crop_lr, crop_hr)
 
 
+def fast_item(rng, crop_lr, crop_hr, flips, n_side):
+    """Items of the ``-fast`` wrappers (LTE-fast): ``{inp (3, h, w), coord (H', W', 2), cell (2,),
+    gt (3, H', W')}``. Test (``n_side`` None): the whole HR grid. Train: ``n_side**2`` HR pixels drawn
+    without replacement, laid out (in draw order) as an ``n_side`` x ``n_side`` grid (published). ``cell``
+    is (2 / H_hr, 2 / W_hr)."""
+    crop_lr, crop_hr = apply_flips(crop_lr, flips), apply_flips(crop_hr, flips).contiguous()
+    H, W = crop_hr.shape[-2:]
+    coord = make_coord((H, W), flatten=False)
+    gt = crop_hr
+    if n_side is not None:
+        if n_side * n_side > H * W:
+            raise DatasetError(f'{n_side}x{n_side} query grid exceeds the {H}x{W} pixels of the HR patch')
+        sel = torch.from_numpy(rng.choice(H * W, n_side * n_side, replace=False))
+        coord = coord.view(-1, 2)[sel].view(n_side, n_side, 2)
+        gt = crop_hr.reshape(crop_hr.shape[0], -1)[:, sel].view(crop_hr.shape[0], n_side, n_side)
+    cell = torch.tensor([2 / H, 2 / W], dtype=torch.float32)
+    return {'inp': crop_lr.contiguous(), 'coord': coord, 'cell': cell, 'gt': gt}
+
+
+def _fast_side(inp_size, sample_q, what):
+    """Side of the square training query grid: sqrt(sample_q) if given (a perfect square), else inp_size."""
+    if sample_q is None:
+        return inp_size
+    side = math.isqrt(sample_q)
+    if side * side != sample_q:
+        raise DatasetError(f'{what}: sample_q must be a perfect square (queries form a square grid), got {sample_q}')
+    return side
+
+
+@register('sr-implicit-downsampled-fast')
+class SRImplicitDownsampledFast(SRImplicitDownsampled):
+    """``sr-implicit-downsampled`` for grid models (LTE-fast): same LR/HR pairs and random
+    draws (scale, crop, flips), but queries as a grid: ``coord`` (H', W', 2), ``gt`` (3, H', W'), one
+    ``cell`` (2,). Training draws ``inp_size``^2 (or ``sample_q``, a square) HR pixels laid out as a
+    square grid; test mode returns the whole HR grid."""
+
+    def implicit_item(self, rng, crop_lr, crop_hr):
+        side = None if self.inp_size is None else \
+            _fast_side(self.inp_size, self.sample_q, 'sr-implicit-downsampled-fast')
+        return fast_item(rng, crop_lr, crop_hr, draw_flips(rng, self.augment), side)
+
+
+@register('sr-implicit-paired-fast')
+class SRImplicitPairedFast(SRImplicitPaired):
+    """``sr-implicit-paired`` for grid models (LTE-fast): queries as a grid (see
+    ``sr-implicit-downsampled-fast``)."""
+
+    def implicit_item(self, rng, crop_lr, crop_hr):
+        side = None if self.inp_size is None else _fast_side(self.inp_size, self.sample_q, 'sr-implicit-paired-fast')
+        return fast_item(rng, crop_lr, crop_hr, draw_flips(rng, self.augment), side)
+
+
 @register('sr-implicit-uniform-varied')
 class SRImplicitUniformVaried(RandomWrapper):
-    """LIIF's CelebA wrapper (§6.5): (LR, HR) pairs; the HR is resized to a size that grows with the index.
+    """LIIF's CelebA wrapper: (LR, HR) pairs; the HR is resized to a size that grows with the index.
 
     Item i of n: the HR's shorter side becomes round(size_min + (size_max - size_min) * i / (n - 1))
     (torchvision ``Resize`` semantics, via ``pil_bicubic_resize``); ``augment`` flips both images along
@@ -191,11 +277,12 @@ class SRImplicitUniformVaried(RandomWrapper):
 
     def __init__(self, dataset, size_min, size_max=None, augment=False, gt_resize=None, sample_q=None, seed=0):
         super().__init__(dataset, seed)
-        self.size_min = size_min
-        self.size_max = size_min if size_max is None else size_max
-        self.augment = augment
-        self.gt_resize = gt_resize
-        self.sample_q = sample_q
+        self.size_min = _check_int(size_min, 'sr-implicit-uniform-varied: size_min', allow_none=False)
+        self.size_max = self.size_min if size_max is None else \
+            _check_int(size_max, 'sr-implicit-uniform-varied: size_max')
+        self.augment = _check_bool(augment, 'sr-implicit-uniform-varied: augment')
+        self.gt_resize = _check_int(gt_resize, 'sr-implicit-uniform-varied: gt_resize')
+        self.sample_q = _check_int(sample_q, 'sr-implicit-uniform-varied: sample_q')
 
     def __getitem__(self, idx):
         rng = self.rng(idx)
@@ -212,7 +299,7 @@ class SRImplicitUniformVaried(RandomWrapper):
 
 @register('sr-integer-downsampled')
 class SRIntegerDownsampled(RandomWrapper):
-    """HR images -> (LR, HR patch) at an integer scale, for IGConv's multi-scale training (igconv §5.1).
+    """HR images -> (LR, HR patch) at an integer scale, for IGConv's multi-scale training (as BasicSR).
 
     Indexed by ``(index, scale)`` pairs from ``datasets.samplers.ScaleBatchSampler`` (one scale per
     batch); a plain ``index`` uses the only scale, or draws one uniformly from ``scales``.
@@ -227,11 +314,13 @@ class SRIntegerDownsampled(RandomWrapper):
 
     def __init__(self, dataset, inp_size=48, scales=(2, 3, 4), augment=False, seed=0):
         super().__init__(dataset, seed)
+        if not isinstance(scales, (list, tuple)) or not scales \
+                or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in scales):
+            raise DatasetError(f'sr-integer-downsampled: scales must be a list of positive integers, '
+                               f'got {scales!r:.80}')
         self.scales = [int(s) for s in scales]
-        if not self.scales or any(s < 1 or s != t for s, t in zip(self.scales, scales)):
-            raise DatasetError(f'sr-integer-downsampled: scales must be positive integers, got {scales!r}')
-        self.inp_size = inp_size
-        self.augment = augment
+        self.inp_size = _check_int(inp_size, 'sr-integer-downsampled: inp_size')
+        self.augment = _check_bool(augment, 'sr-integer-downsampled: augment')
 
     def __getitem__(self, index):
         idx, scale = index if isinstance(index, (tuple, list)) else (index, None)

@@ -1,14 +1,46 @@
-"""The training loop behind ``train.py``: YAML-driven, resumable bit-exactly, single or multi-process.
+"""Training behind ``train.py``, in parts that can be used and tested alone.
+
+* ``setup_run(cfg, save_dir, dd, options) -> Run`` (``engine.run_setup``): settings checked, model,
+  optimizer, scheduler, loss, metric, EMA and loaders built from the config (registries in
+  ``engine.components``), all before the disk is touched; then the run folder is created and locked
+  (``engine.run_folder``), stale temporary files removed and ``epoch-last.pth`` restored. A failed
+  start leaves no run folder behind.
+* ``train_epoch(run, epoch) -> EpochStats``: the iterations of one epoch (``train_step`` each).
+* ``end_epoch(run, epoch, stats) -> str``: scheduler step, finiteness checks, validation
+  (``validate``), checkpoints; returns the log line.
+* ``fit(cfg, save_dir, dd, **options)``: the loop over epochs.
+
+Conventions. Images are normalised as ``(x - 0.5) / 0.5`` for the model and the loss (models whose
+``capabilities.input_range`` is 'unit', the published BasicSR architectures, get [0, 1]); validation
+metrics see predictions clamped to [0, 1]. Implicit models (LIIF family) train on query batches
+``{'inp', 'coord', 'cell', 'gt'}`` (``coord``/``cell`` (B, Q, 2), (row, col) order) and are called
+``model(inp, coord, cell)``; grid models (IGConv) train on ``{'inp', 'gt', 'scale'}`` image batches
+(one scale per batch) and are called ``model(inp, scale)``; LTE-fast's grid items (``coord``
+(B, H, W, 2), one ``cell`` (B, 2) per image) go through the first call: the batch decides the call.
 
 Determinism: the model is initialised from ``seed``; every epoch reseeds the global RNGs from
 (seed, epoch, rank), the sampler shuffles with (seed, epoch) and every dataset item draws its
 randomness from (seed, epoch, index). A run stopped after any epoch and started again with the same
-command therefore continues exactly as if it had never stopped.
+command therefore continues exactly as if it had never stopped. Validation sets are fixed: their items
+are drawn with epoch 0 at every validation (the published code redraws them; see docs/deviations.md).
 
-Multi-process: under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes ``batch_size / world_size``
-samples of every global batch (``DistributedSampler``), gradients are averaged by
-``DistributedDataParallel``, and only rank 0 logs, validates and writes checkpoints. CUDA uses NCCL,
-CPU uses gloo.
+Batches: ``batch_size`` is the effective (global) batch of one optimizer step. Under ``torchrun`` each
+of the ``world`` processes takes ``batch_size / world`` samples (gradients averaged by DDP), and with
+``accumulate: k`` each step sums the gradients of ``k`` micro-batches of ``batch_size / (world * k)``
+(each micro-batch loss weighted by its share of the step's samples), which equals one large batch.
+Only rank 0 logs, validates and writes checkpoints.
+
+Options in the config beyond the published keys: ``scheduler`` / ``loss`` / ``val_metric`` (see
+``engine.components``), ``ema_decay`` (e.g. 0.999: an exponential moving average of the weights is
+kept, validated and saved as the checkpoint's ``model``; the optimised weights go to
+``model_params``), ``accumulate``, ``grad_clip``, ``val_scales`` (e.g. [2, 3, 4]: validation on one
+fixed set per scale, each logged; the best checkpoint is chosen by their mean).
+
+Safety: a non-finite training loss, validation prediction or metric, or non-finite weights stop the
+run before anything is saved for that epoch (``TrainingDiverged``): ``epoch-last.pth`` and
+``epoch-best.pth`` keep the last good state, the run folder gets a ``DIVERGED`` marker, and resuming is
+refused until the learning rate is changed (``--opt optimizer.args.lr=...``, honoured on resume) or
+the run is restarted (``--no-resume``).
 """
 import math
 import os
@@ -16,380 +48,274 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
-from torch.utils.data import DataLoader, DistributedSampler
 
-import datasets
-import models
-from models.checkpoint import load_checkpoint, save_checkpoint
-from utils.config import ConfigError, as_float, require
+from models.checkpoint import model_spec, save_checkpoint
 
-NORM = {'sub': [0.5], 'div': [0.5]}
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device('cpu')
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-
-def setup_distributed(device=None):
-    """Read torchrun's environment; initialise the process group when there is more than one process."""
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    rank = int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cuda':
-        if not torch.cuda.is_available():
-            raise RuntimeError('--device cuda requested but CUDA is not available')
-        dev = torch.device('cuda', local_rank)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-    return Dist(rank, world, local_rank, dev)
-
-
-def derive_seed(*parts):
-    """A 32-bit seed that depends on every part (SeedSequence mixing)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def check_data_norm(cfg):
-    norm = cfg.get('data_norm')
-    if norm is None:
-        return
-    for key in ('inp', 'gt'):
-        part = norm.get(key, NORM)
-        if [float(v) for v in part.get('sub', [0.5])] != [0.5] or [float(v) for v in part.get('div', [0.5])] != [0.5]:
-            raise ConfigError(f'data_norm.{key}: only the published normalisation (x - 0.5) / 0.5 is supported, '
-                              f'got {part}')
+from .distributed import agree
+from .run_folder import clear_divergence, write_divergence
+from .run_setup import VAL_EPOCH, Options, TrainingDiverged, _lr_of, all_finite, derive_seed, seed_all, setup_run
 
 
 def normalise(x):
+    """[0, 1] -> the models' (x - 0.5) / 0.5."""
     return (x - 0.5) / 0.5
 
 
-# ------------------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------------------
-def make_dataset(spec, seed, where):
-    base = datasets.make(require(spec, 'dataset', where=where))
-    wrapper = spec.get('wrapper')
-    if wrapper is None:
-        return base
-    return datasets.make(wrapper, args={'dataset': base, 'seed': seed})
-
-
-def make_loader(spec, seed, dd, workers, train, where):
-    """DataLoader over a dataset spec ``{dataset, wrapper, batch_size[, batch_sampler]}``."""
-    ds = make_dataset(spec, seed, where)
-    batch = int(require(spec, 'batch_size', where=where))
-    if batch % dd.world:
-        raise ConfigError(f'{where}.batch_size={batch} is not divisible by the {dd.world} processes')
-    per_rank = batch // dd.world
-    common = dict(num_workers=workers, pin_memory=dd.device.type == 'cuda', persistent_workers=False)
-    sampler_spec = spec.get('batch_sampler')
-    if sampler_spec is not None:
-        from datasets.samplers import make_batch_sampler
-        sampler = make_batch_sampler(sampler_spec, ds, per_rank, seed=seed, rank=dd.rank, world=dd.world,
-                                     shuffle=train)
-        return DataLoader(ds, batch_sampler=sampler, **common), sampler, ds
-    sampler = DistributedSampler(ds, num_replicas=dd.world, rank=dd.rank, shuffle=train, seed=seed,
-                                 drop_last=False)
-    return DataLoader(ds, batch_size=per_rank, sampler=sampler, **common), sampler, ds
-
-
-def set_epoch(epoch, *objs):
-    for obj in objs:
-        if obj is not None and hasattr(obj, 'set_epoch'):
-            obj.set_epoch(epoch)
+def forward_batch(model, batch, device, unit=False):
+    """Prediction and target of a batch (see the module docstring for the two batch kinds), both
+    normalised as (x - 0.5) / 0.5, or both in [0, 1] for ``unit`` models (``capabilities.input_range``
+    'unit', the published BasicSR architectures)."""
+    inp = batch['inp'].to(device, non_blocking=True)
+    gt = batch['gt'].to(device, non_blocking=True)
+    if not unit:
+        inp, gt = normalise(inp), normalise(gt)
+    if 'coord' in batch:
+        return model(inp, batch['coord'].to(device), batch['cell'].to(device)), gt
+    return model(inp, int(batch['scale'][0])), gt
 
 
 # ------------------------------------------------------------------------------------------------
-# losses and steps
+# one epoch
 # ------------------------------------------------------------------------------------------------
-def is_grid_model(model):
-    model = getattr(model, 'module', model)
-    return bool(getattr(model, 'integer_scales_only', False))
+@dataclass
+class EpochStats:
+    loss: float
+    steps: int
+    per_scale: dict          # scale -> mean loss of its micro-batches (multi-scale grid training)
+    grad_norm: Optional[float] = None   # total gradient norm of the last step before clipping
 
 
-def forward_batch(model, batch, device):
-    """Normalised prediction and target for a batch (implicit models: queried points; grid models: images)."""
-    inp = normalise(batch['inp'].to(device, non_blocking=True))
-    gt = normalise(batch['gt'].to(device, non_blocking=True))
-    if is_grid_model(model):
-        scale = int(batch['scale'][0])
-        return model(inp, scale), gt
-    return model(inp, batch['coord'].to(device), batch['cell'].to(device)), gt
+def _batch_len(batch):
+    return int(batch['inp'].shape[0])
 
 
-def loss_terms(cfg):
-    spec = cfg.get('loss') or {'l1': 1.0}
-    unknown = set(spec) - {'l1', 'fft'}
-    if unknown:
-        raise ConfigError(f'loss: unknown term(s) {sorted(unknown)}; known: l1, fft')
-    return {k: as_float(v, f'loss.{k}') for k, v in spec.items()}
-
-
-def compute_loss(pred, gt, terms):
-    loss = terms.get('l1', 0.0) * (pred - gt).abs().mean()
-    if terms.get('fft'):
-        from models.upsamplers.losses import fft_l1_loss
-        loss = loss + terms['fft'] * fft_l1_loss(pred, gt)
-    return loss
-
-
-@torch.no_grad()
-def validate(model, loader, device):
-    """Mean PSNR (dB, RGB in [0, 1], no border shave) of the published training validation."""
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        pred, gt = forward_batch(model, batch, device)
-        pred = (pred * 0.5 + 0.5).clamp(0, 1)
-        gt = gt * 0.5 + 0.5
-        mse = (pred - gt).pow(2).mean().item()
-        total += (-10 * math.log10(mse) if mse > 0 else 100.0) * batch['inp'].shape[0]
-        count += batch['inp'].shape[0]
-    model.train()
-    return total / max(count, 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# the run
-# ------------------------------------------------------------------------------------------------
-class Logger:
-    def __init__(self, save_dir, main):
-        self.main = main
-        self.path = os.path.join(save_dir, 'log.txt')
-        self.writer = None
-        if main:
-            from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(save_dir, 'tensorboard'))
-
-    def __call__(self, msg):
-        if not self.main:
-            return
-        print(msg, flush=True)
-        with open(self.path, 'a') as f:
-            f.write(msg + '\n')
-
-    def scalar(self, tag, value, step):
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-
-
-def compute_num_params(model):
-    n = sum(p.numel() for p in model.parameters())
-    return f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
-
-
-def checkpoint_state(model, optimizer, opt_spec, scheduler, scaler, epoch, best, cfg):
-    module = getattr(model, 'module', model)
-    return {
-        'model': {'name': cfg['model']['name'], 'args': cfg['model'].get('args') or {}, 'sd': module.state_dict()},
-        'optimizer': {'name': opt_spec['name'], 'args': opt_spec.get('args') or {}, 'sd': optimizer.state_dict()},
-        'scheduler': None if scheduler is None else {'last_epoch': scheduler.last_epoch},
-        'scaler': None if scaler is None else scaler.state_dict(),
-        'epoch': epoch,
-        'best_val': best,
-        'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()},
-        'config': cfg,
-    }
-
-
-def make_optimizer(spec, params):
-    name = spec.get('name')
-    args = dict(spec.get('args') or {})
-    if 'lr' in args:
-        args['lr'] = as_float(args['lr'], 'optimizer.args.lr')
-    if name == 'adam':
-        return torch.optim.Adam(params, **args)
-    if name == 'adamw':
-        return torch.optim.AdamW(params, **args)
-    raise ConfigError(f"optimizer.name: unknown optimizer {name!r}; known: adam, adamw")
-
-
-def train(cfg, save_dir, dd, workers=0, seed=0, amp=None, grad_clip=None, resume=True, stop_after=None,
-          progress=True):
-    """Run (or continue) training. Returns the final epoch reached."""
-    check_data_norm(cfg)
-    terms = loss_terms(cfg)
-    epoch_max = int(require(cfg, 'epoch_max'))
-    epoch_val = cfg.get('epoch_val')
-    epoch_save = cfg.get('epoch_save')
-    opt_spec = require(cfg, 'optimizer')
-    grad_clip = grad_clip if grad_clip is not None else cfg.get('grad_clip')
-
-    if dd.main:
-        os.makedirs(save_dir, exist_ok=True)
-    if dd.world > 1:
-        dist.barrier()
-    log = Logger(save_dir, dd.main)
-    last_path = os.path.join(save_dir, 'epoch-last.pth')
-    ckpt = load_checkpoint(last_path, map_location='cpu') if resume and os.path.exists(last_path) else None
-
-    seed_all(derive_seed(seed, 0xC0FFEE))
-    model = models.make(cfg['model']).to(dd.device)
-    optimizer = make_optimizer(opt_spec, model.parameters())
-    sched_cfg = cfg.get('multi_step_lr')
-    scheduler = None
-    if sched_cfg is not None:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[int(m) for m in sched_cfg['milestones']], gamma=float(sched_cfg.get('gamma', 0.1)))
-    if amp not in (None, 'bf16', 'fp16'):
-        raise ConfigError(f'--amp must be bf16 or fp16, got {amp!r}')
-    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
-    scaler = torch.amp.GradScaler(dd.device.type) if amp == 'fp16' else None
-
-    epoch_start, best = 1, -1e18
-    if ckpt is not None:
-        model.load_state_dict(ckpt['model']['sd'])
-        optimizer.load_state_dict(ckpt['optimizer']['sd'])
-        if scheduler is not None and ckpt.get('scheduler'):
-            scheduler.last_epoch = ckpt['scheduler']['last_epoch']
-            scheduler._last_lr = [g['lr'] for g in optimizer.param_groups]
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        epoch_start, best = ckpt['epoch'] + 1, ckpt.get('best_val', best)
-        changed = sorted(k for k in set(cfg) | set(ckpt.get('config', {}))
-                         if cfg.get(k) != ckpt.get('config', {}).get(k))
-        log(f'resuming from {last_path} (epoch {ckpt["epoch"]})'
-            + (f'; config entries changed since: {", ".join(changed)} (optimizer and scheduler state come from '
-               f'the checkpoint)' if changed else ''))
-        del ckpt
-    if cfg.get('resume') not in (None, last_path):
-        log(f"note: config entry 'resume: {cfg['resume']}' is ignored; runs resume from {last_path}")
-
-    train_loader, train_sampler, train_ds = make_loader(require(cfg, 'train_dataset'), seed, dd, workers, True,
-                                                        'train_dataset')
-    val_loader = None
-    if cfg.get('val_dataset') and epoch_val:
-        single = Dist(0, 1, 0, dd.device)
-        val_loader, val_sampler, val_ds = make_loader(cfg['val_dataset'], seed, single, workers, False, 'val_dataset')
-    if epoch_start == 1:
-        log(f'train dataset: size={len(train_ds)}')
-        if val_loader is not None:
-            log(f'val dataset: size={len(val_ds)}')
-        log(f'model: #params={compute_num_params(model)}')
-        if dd.main:
-            with open(os.path.join(save_dir, 'config.yaml'), 'w') as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
-
-    net = model
-    if dd.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dd.device.index] if dd.device.type == 'cuda' else None)
-    iters = len(train_loader)
-    t_start, epochs_run = time.time(), 0
-    for epoch in range(epoch_start, epoch_max + 1):
-        t_epoch = time.time()
-        seed_all(derive_seed(seed, epoch, dd.rank))
-        set_epoch(epoch, train_sampler, train_ds)
-        net.train()
-        loss_sum, n = 0.0, 0
-        per_scale = {}   # multi-scale (IGConv) batches: mean loss of each scale, for the log
-        bar = train_loader
-        if progress and dd.main:
-            from tqdm import tqdm
-            bar = tqdm(train_loader, leave=False, desc=f'epoch {epoch}/{epoch_max}', dynamic_ncols=True)
-        for it, batch in enumerate(bar):
-            ctx = torch.autocast(dd.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-            with ctx:
-                pred, gt = forward_batch(net, batch, dd.device)
-                loss = compute_loss(pred.float(), gt, terms)
+def train_step(run, group, epoch=0, step=0):
+    """One optimizer step over a list of micro-batches; returns (loss of the step, {scale: losses},
+    total gradient norm before clipping or None). The gradients stay in ``.grad`` until the next step."""
+    dd, net = run.dd, run.net
+    total = sum(_batch_len(b) for b in group)
+    dtype = run.settings.amp_dtype
+    run.optimizer.zero_grad(set_to_none=True)
+    step_loss, per_scale = 0.0, []
+    for i, batch in enumerate(group):
+        sync = net.no_sync() if dd.world > 1 and i < len(group) - 1 else nullcontext()
+        with sync:
+            with torch.autocast(dd.device.type, dtype=dtype) if dtype else nullcontext():
+                pred, gt = forward_batch(net, batch, dd.device, run.unit)
+                loss = run.loss(pred.float(), gt)
             value = loss.detach().clone()
             if dd.world > 1:
                 dist.all_reduce(value)
                 value /= dd.world
             value = value.item()
             if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f'loss is {value} at epoch {epoch}, iteration {it + 1}; stopping. '
-                    f'{last_path} still holds epoch {epoch - 1}' if epoch > 1 else
-                    f'loss is {value} at epoch {epoch}, iteration {it + 1}; stopping before any checkpoint')
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            loss_sum += value
-            n += 1
-            if 'scale' in batch:
-                acc = per_scale.setdefault(int(batch['scale'][0]), [0.0, 0])
-                acc[0] += loss.item()
-                acc[1] += 1
-            log.scalar('loss/train', value, (epoch - 1) * iters + it + 1)
-            if progress and dd.main:
-                bar.set_postfix(loss=f'{loss_sum / n:.4f}')
-        if scheduler is not None:
-            log.scalar('lr', optimizer.param_groups[0]['lr'], epoch)
-            scheduler.step()
-        msg = f'epoch {epoch}/{epoch_max}, train: loss={loss_sum / max(n, 1):.4f}'
-        if per_scale:
-            msg += ' (' + ', '.join(f'x{k}: {v[0] / v[1]:.4f}' for k, v in sorted(per_scale.items())) + ')'
-
-        if dd.main:
-            improved = False
-            if val_loader is not None and epoch % int(epoch_val) == 0:
-                set_epoch(epoch, val_sampler, val_ds)
-                psnr = validate(model, val_loader, dd.device)
-                log.scalar('psnr/val', psnr, epoch)
-                msg += f', val: psnr={psnr:.4f}'
-                if psnr > best:
-                    best, improved = psnr, True
-            state = checkpoint_state(net, optimizer, opt_spec, scheduler, scaler, epoch, best, cfg)
-            if improved:
-                save_checkpoint(os.path.join(save_dir, 'epoch-best.pth'), state)
-            if epoch_save and epoch % int(epoch_save) == 0:
-                save_checkpoint(os.path.join(save_dir, f'epoch-{epoch}.pth'), state)
-            save_checkpoint(last_path, state)
-            elapsed = time.time() - t_start
-            epochs_run += 1
-            eta = elapsed / epochs_run * (epoch_max - epoch)
-            msg += f', {time.time() - t_epoch:.1f}s, {elapsed / 60:.1f}m elapsed, ~{eta / 60:.1f}m left'
-            log(msg)
+                raise TrainingDiverged(f'the training loss is {value} at epoch {epoch}, step {step + 1}')
+            weighted = loss * (_batch_len(batch) / total)
+            (run.scaler.scale(weighted) if run.scaler is not None else weighted).backward()
+        step_loss += value * _batch_len(batch) / total
+        if 'scale' in batch:
+            per_scale.append((int(batch['scale'][0]), loss.item()))
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    norm = None
+    if run.settings.grad_clip:
+        norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip))
+    try:
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
         else:
+            run.optimizer.step()
+    except RuntimeError as e:      # e.g. Adam's step size lr / (1 - beta1^t) beyond float32
+        if 'overflow' not in str(e):
+            raise
+        raise TrainingDiverged(f'the optimizer step overflowed at epoch {epoch}, step {step + 1} (learning rate '
+                               f'{run.optimizer.param_groups[0]["lr"]:g})') from None
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return step_loss, per_scale, norm
+
+
+def micro_batch_groups(batches, k):
+    """Consecutive groups of ``k`` micro-batches (the last group may be shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def train_epoch(run, epoch):
+    """The optimizer steps of one epoch. Raises ``TrainingDiverged`` on a non-finite loss (every rank)."""
+    dd = run.dd
+    seed_all(derive_seed(run.options.seed, epoch, dd.rank))
+    run.train.set_epoch(epoch)
+    run.net.train()
+    batches = run.train.loader
+    bar = None
+    if run.options.progress and dd.main:
+        from tqdm import tqdm
+        batches = bar = tqdm(batches, leave=False, desc=f'epoch {epoch}/{run.settings.epoch_max}', dynamic_ncols=True)
+    k = run.settings.accumulate
+    steps_per_epoch = math.ceil(len(run.train.loader) / k)
+    loss_sum, steps, per_scale, norm = 0.0, 0, {}, None
+    for step, group in enumerate(micro_batch_groups(batches, k)):
+        value, scales, norm = train_step(run, group, epoch, step)
+        loss_sum += value
+        steps += 1
+        for s, v in scales:
+            acc = per_scale.setdefault(s, [0.0, 0])
+            acc[0] += v
+            acc[1] += 1
+        run.log.scalar('loss/train', value, (epoch - 1) * steps_per_epoch + step + 1)
+        if bar is not None:
+            bar.set_postfix(loss=f'{loss_sum / steps:.4f}')
+    if bar is not None:
+        bar.close()
+    return EpochStats(loss=loss_sum / max(steps, 1), steps=steps,
+                      per_scale={s: v[0] / v[1] for s, v in sorted(per_scale.items())}, grad_norm=norm)
+
+
+@torch.no_grad()
+def validate(model, loader, device, metric, unit=False):
+    """Mean of ``metric`` over a validation set, weighted by batch size (predictions clamped to [0, 1];
+    ``unit``: the model works on [0, 1] images, else on (x - 0.5) / 0.5). Raises ``TrainingDiverged`` on
+    a non-finite prediction."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in loader:
+            pred, gt = forward_batch(model, batch, device, unit)
+            if not bool(torch.isfinite(pred).all()):
+                raise TrainingDiverged('the model predicts non-finite values on the validation set')
+            if not unit:
+                pred, gt = pred * 0.5 + 0.5, gt * 0.5 + 0.5
+            value = metric(pred.clamp(0, 1), gt)
+            total += value * _batch_len(batch)
+            count += _batch_len(batch)
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def validate_all(run):
+    """{scale or None: value} over the run's validation sets (items fixed: drawn as in epoch 0)."""
+    values = {}
+    for scale, val in run.val_sets:
+        val.set_epoch(VAL_EPOCH)
+        values[scale] = validate(run.eval_model, val.loader, run.dd.device, run.metric, run.unit)
+    return values
+
+
+def checkpoint_state(run, epoch):
+    """The checkpoint dict: ``model`` from the model's own spec (the EMA weights when enabled)."""
+    module = run.model
+    state = {
+        'model': model_spec(module, run.eval_model.state_dict()),
+        'optimizer': {'name': run.cfg['optimizer']['name'], 'args': run.cfg['optimizer'].get('args') or {},
+                      'sd': run.optimizer.state_dict()},
+        'scheduler': None if run.scheduler is None else {'last_epoch': run.scheduler.last_epoch},
+        'scaler': None if run.scaler is None else run.scaler.state_dict(),
+        'epoch': epoch,
+        'best_val': run.best,
+        'best_epoch': run.best_epoch,
+        'rng': {'torch': torch.get_rng_state(), 'python': random.getstate()},
+        'config': run.cfg,
+    }
+    if run.ema is not None:
+        state['model_params'] = {'sd': module.state_dict()}
+        state['ema'] = {'decay': run.ema.decay}
+    return state
+
+
+def end_epoch(run, epoch, stats):
+    """Rank 0 after an epoch: scheduler step, checks, validation, checkpoints. Returns the log line.
+
+    Nothing is written when the weights, a validation prediction or the metric are not finite
+    (``TrainingDiverged``)."""
+    s = run.settings
+    if run.scheduler is not None:
+        run.log.scalar('lr', run.optimizer.param_groups[0]['lr'], epoch)
+        run.scheduler.step()
+    msg = f'epoch {epoch}/{s.epoch_max}, train: loss={stats.loss:.4f}'
+    if stats.per_scale:
+        msg += ' (' + ', '.join(f'x{k}: {v:.4f}' for k, v in stats.per_scale.items()) + ')'
+    weights = list(run.model.parameters()) + (list(run.ema.model.parameters()) if run.ema else [])
+    if not all_finite(weights):
+        raise TrainingDiverged(f'the weights are not finite after epoch {epoch}')
+    improved = False
+    if run.val_sets and epoch % s.epoch_val == 0:
+        try:
+            values = validate_all(run)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f'{e} after epoch {epoch}') from None
+        name = run.metric.registry_name
+        mean = sum(values.values()) / len(values)
+        bad = -math.inf if run.metric.higher_is_better else math.inf
+        if any(math.isnan(v) or v == bad for v in values.values()):
+            raise TrainingDiverged(f'the validation {name} is not finite after epoch {epoch} ({values})')
+        if list(values) == [None]:
+            msg += f', val: {name}={mean:.4f}'
+        else:
+            msg += f', val: {name} ' + ', '.join(f'x{k}={v:.4f}' for k, v in values.items()) + f', mean={mean:.4f}'
+            for k, v in values.items():
+                run.log.scalar(f'{name}/val_x{k}', v, epoch)
+        run.log.scalar(f'{name}/val', mean, epoch)
+        if run.better(mean):
+            run.best, run.best_epoch, improved = mean, epoch, True
+    state = checkpoint_state(run, epoch)
+    if improved:
+        save_checkpoint(os.path.join(run.save_dir, 'epoch-best.pth'), state)
+        msg += ' (best)'
+    if s.epoch_save and epoch % s.epoch_save == 0:
+        save_checkpoint(os.path.join(run.save_dir, f'epoch-{epoch}.pth'), state)
+    save_checkpoint(run.last_path, state)
+    run.last_saved = epoch
+    clear_divergence(run.save_dir)
+    return msg
+
+
+def fit(cfg, save_dir, dd, **options):
+    """Run (or continue) training; ``options`` are the fields of ``Options``. Returns the last epoch
+    reached. Raises ``TrainingDiverged`` (after logging it and marking the folder) on divergence."""
+    opts = Options(**options)
+    run = setup_run(cfg, save_dir, dd, opts)
+    epoch = run.epoch_start - 1
+    try:
+        t_start, epochs_run = time.time(), 0
+        for epoch in range(run.epoch_start, run.settings.epoch_max + 1):
+            t_epoch = time.time()
+            error, msg = None, None
+            try:
+                stats = train_epoch(run, epoch)
+                if dd.main:
+                    msg = end_epoch(run, epoch, stats)
+            except TrainingDiverged as e:
+                error = e
+            agree(dd, error)
             epochs_run += 1
-        if dd.world > 1:
-            dist.barrier()
-        if stop_after is not None and epochs_run >= stop_after:
-            log(f'stopping after {epochs_run} epoch(s) as asked; run the same command again to continue')
-            break
-    log.close()
-    return epoch if epoch_start <= epoch_max else epoch_start - 1
+            if dd.main:
+                elapsed = time.time() - t_start
+                eta = elapsed / epochs_run * (run.settings.epoch_max - epoch)
+                run.log(msg + f', {time.time() - t_epoch:.1f}s, {elapsed / 60:.1f}m elapsed, ~{eta / 60:.1f}m left')
+            if opts.stop_after is not None and epochs_run >= opts.stop_after and epoch < run.settings.epoch_max:
+                run.log(f'stopping after {epochs_run} epoch(s) as asked; run the same command again to continue')
+                break
+    except TrainingDiverged as e:
+        message = (f'{e}; stopping without saving this epoch: {run.saved_state()}. Resuming needs a lower '
+                   f'learning rate (--opt optimizer.args.lr=...) or --no-resume')
+        if dd.main:
+            run.log(f'error: {message}', echo=False)      # train.py prints it (stderr)
+            write_divergence(save_dir, _lr_of(cfg['optimizer'].get('args')), str(e))
+        raise TrainingDiverged(message) from None
+    finally:
+        run.close()
+    return epoch

@@ -4,6 +4,7 @@ from torch import nn
 
 from utils.imresize import imresize
 
+from .capabilities import Capabilities
 from .registry import register
 
 
@@ -16,11 +17,14 @@ class Bicubic(nn.Module):
     reproduces the classic bicubic benchmark numbers.
     """
 
-    max_train_scale = float('inf')   # no cell clipping: it has no cells
-
     def __init__(self, quantize=True):
         super().__init__()
         self.quantize = quantize
+
+    @property
+    def capabilities(self):
+        # no cells, so no cell clipping; imresize is exact per output pixel, so tiling is never needed
+        return Capabilities(kind='image', max_train_scale=float('inf'), name='bicubic')
 
     def upscale_to(self, inp, size):
         """inp (B, 3, h, w) normalised -> (B, 3, H, W) normalised."""

@@ -1,15 +1,22 @@
 """Efficiency benchmark: parameters, MACs, latency and peak memory per model and scale.
 
-    python scripts/benchmark.py                                   # 320x180 input, default rows, CPU
-    python scripts/benchmark.py --input 160x90 --scales 2,4,8 --models liif,lmliif,lte,lmlte
-    python scripts/benchmark.py --device cuda --render-mode compile
+    python -m scripts.benchmark                                   # 320x180 input, default rows, CPU
+    python -m scripts.benchmark --input 160x90 --scales 2,4,8 --models liif,lmliif,lte,lmlte
+    python -m scripts.benchmark --device cuda --render-mode compile
+    python -m scripts.benchmark --input 160x90 --scales 2,4 --models lmliif,liif,igconv --onnx   # + ONNX Runtime rows
 
 Every model uses the full EDSR-baseline encoder (random weights, which do not change the cost), except the
 CMSR rows, which need a trained LM model and its Scale2Mod table (--lmliif-checkpoint / --lmliif-cmsr,
-defaults: the bundled ones). Decoder = everything after the encoder; decoder time = whole forward minus
-encoder forward (medians) for implicit models, the upsampler alone on the encoder's features for IGConv
-(folded with instantiate(scale)) and the sub-pixel tail. MACs are counted (FlopCounterMode) and, for implicit models, compared with the
-closed form of models/complexity.py. Writes benchmark.md, benchmark.csv and efficiency.png to --out.
+defaults: the bundled ones). Decoder = everything after the encoder; decoder time = the whole upscaling
+through the rendering engine (engine.inference.Upscaler: the path demo.py and test.py take, with the
+model's own chunk size, grid queries and CMSR) minus the encoder forward (medians) for implicit models,
+the upsampler alone on the encoder's features for IGConv (folded with instantiate(scale)) and the sub-pixel
+tail. MACs are counted (FlopCounterMode; implicit models on the meta device through the model's general
+query path, which for LM models includes the published per-query layer-0 work that the engine's grid
+path computes once per LR pixel) and, for implicit models, compared with the closed form of
+models/complexity.py. The matrix-product rate (2048^3 float32 products) is measured in the same run and
+each decoder's GMAC/s is given as a share of it. Writes benchmark.md, benchmark.csv and efficiency.png
+to --out.
 """
 import argparse
 import csv
@@ -18,16 +25,21 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:   # run as a file: the project's packages are importable only from the repository root
+    sys.exit('benchmark.py: error: run it from the repository root as a module: python -m scripts.benchmark ...')
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
 
-import models  # noqa: E402
-from engine.profiling import count_macs, matmul_rate, peak_memory, time_fn  # noqa: E402
-from models.complexity import decoder_macs  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.coords import grid_query  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+    import models  # noqa: E402
+    from engine.profiling import count_macs, matmul_rate, peak_memory, time_fn  # noqa: E402
+    from models.complexity import decoder_macs  # noqa: E402
+    from utils import validate  # noqa: E402
+    from utils.config import load_config  # noqa: E402
+    from utils.coords import grid_query  # noqa: E402
+    from utils.io import atomic_write  # noqa: E402
+except ImportError as _e:      # e.g. a Python without torch: one line, not a traceback
+    sys.exit(f'benchmark.py: error: {_e} (install the requirements: pip install -r requirements.txt)')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -36,15 +48,13 @@ CONFIGS = {
     'metasr': 'configs/train-original/train_edsr-baseline-metasr.yaml',
     'lmliif': 'configs/train-lmf/train_edsr-baseline-lmliif.yaml',
     'lmlte': 'configs/train-lmf/train_edsr-baseline-lmlte.yaml',
+    'ciaosr': 'configs/train-original/train_edsr-baseline-ciaosr.yaml',
+    'lmciaosr': 'configs/train-lmf/train_edsr-baseline-lmciaosr.yaml',
+    'lte-fast': 'configs/train-original/train_edsr-baseline-lte-fast.yaml',
 }
 GRID_MODELS = {'igconv': 'igconv-edsr-baseline', 'igconv+': 'igconv-plus-edsr-baseline'}
 DEFAULT_MODELS = 'liif,lmliif,lte,lmlte,metasr,igconv,igconv+,subpixel,lmliif+cmsr,lmlte+cmsr'
 PRETRAINED = os.path.join(ROOT, 'save', 'pretrained_models')
-
-# Published code on a 2-core CPU, full EDSR-baseline, 160x90 input, decoder seconds (median of 3),
-# as given in the efficiency issue; shown next to our numbers for comparison.
-REFERENCE_160x90 = {'liif': {2: 5.54, 4: 11.4, 8: 54.2}, 'lmliif': {2: 0.285, 4: 1.83, 8: 6.07},
-                    'lte': {2: 1.46, 4: 7.02, 8: 26.6}, 'lmlte': {2: 0.293, 4: 2.56, 8: 8.24}}
 
 
 def parse_size(text):
@@ -60,6 +70,10 @@ class Row(dict):
     pass
 
 
+#: Scale2Mod tables of the '+cmsr' rows (an argument of the engine's CMSR strategy, not model state)
+CMSR_TABLES = {}
+
+
 def build(name, args):
     """(model, kind) for a row name; kind is 'implicit', 'grid' or 'subpixel'."""
     base = name.split('+cmsr')[0]
@@ -68,8 +82,9 @@ def build(name, args):
         table = getattr(args, f'{base}_cmsr')
         if not (ckpt and os.path.exists(ckpt) and table and os.path.exists(table)):
             return None, f'needs a trained {base} checkpoint and its CMSR table (--{base}-checkpoint, --{base}-cmsr)'
+        from engine import cmsr
         model = models.load_model(ckpt)
-        model.set_cmsr(table)
+        CMSR_TABLES[name] = cmsr.load_tables(table, model.capabilities)
         return model, 'implicit'
     if base in CONFIGS:
         return models.make(load_config(os.path.join(ROOT, CONFIGS[base]))['model']), 'implicit'
@@ -123,22 +138,32 @@ def measure(name, model, kind, scale, lr, args, device, previous):
                 out = folded.upsampler(feat)
                 return out if folded.skip is None else out + folded.skip(inp, feat)
         else:
+            from engine.inference import Upscaler
             coord, cell = grid_query((h, w), (H, W), device=device)
             closed = decoder_macs(model, (h, w), (H, W))
+            whole_grid = model.capabilities.kind == 'grid'     # LTE-fast: renders whole target grids
+            if whole_grid:
+                per_lr, per_hr = model.decoder_macs()
+                closed = per_lr * h * w + per_hr * H * W
             row['closed_gmacs'] = None if closed is None else closed / 1e9
-            if getattr(model, 'cmsr_tables', None) is None:
+            tables = CMSR_TABLES.get(name)
+            # the engine's path, as demo.py / test.py run it (the model's chunking, grid queries, CMSR)
+            up = Upscaler(model, bsize=args.bsize, cmsr_tables=tables)
+            img = inp.clamp(-1, 1) * 0.5 + 0.5
+            row['chunk'] = args.bsize or model.capabilities.chunk
+            if tables is None:   # counted on the meta device through the model's general query path
                 meta = models.make(model.spec).to('meta').eval()
                 minp = torch.empty(1, 3, h, w, device='meta')
                 mc, mcell = torch.empty(1, H * W, 2, device='meta'), torch.empty(1, H * W, 2, device='meta')
                 row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
-                row['dec_gmacs'] = count_macs(lambda: meta(minp, mc, mcell)) / 1e9 - row['enc_gmacs']
+                dec_fn = (lambda: meta.upscale_grid(minp, (H, W))) if whole_grid else (lambda: meta(minp, mc, mcell))
+                row['dec_gmacs'] = count_macs(dec_fn) / 1e9 - row['enc_gmacs']
             else:   # data-dependent: count on the real run
                 row['enc_gmacs'] = count_macs(lambda: model.encoder(inp)) / 1e9
-                model.cmsr_stats.__init__()
-                row['dec_gmacs'] = count_macs(lambda: model(inp, coord, cell)) / 1e9 - row['enc_gmacs']
-                row['rendered_fraction'] = model.cmsr_stats.fraction
-            full = lambda: model(inp, coord, cell, bsize=args.bsize)  # noqa: E731
-            dec = None      # the published convention: whole forward minus encoder forward
+                row['dec_gmacs'] = count_macs(lambda: up(img, (H, W))) / 1e9 - row['enc_gmacs']
+                row['rendered_fraction'] = up.stats.fraction
+            full = lambda: up(img, (H, W))  # noqa: E731
+            dec = None      # the published convention: whole upscaling minus encoder forward
         enc = lambda: model.encoder(inp)  # noqa: E731
     # latency, unless the previous scale predicts it would take too long
     if previous is not None and previous.get('total_s') is not None:
@@ -182,7 +207,7 @@ def golden_check(args):
 
 
 def apply_render_mode(model, args):
-    if hasattr(model, 'set_render_mode'):
+    if model.capabilities.modulated:
         model.set_render_mode('bfloat16' if args.render_mode == 'bf16' else 'float32',
                               compile=args.render_mode == 'compile')
 
@@ -237,13 +262,6 @@ def markdown(rows, args, rate, golden, device_name):
                     cells.append('—')
             ratio_lines.append(f'| {a} / {b} decoder {what} | ' + ' | '.join(cells) + ' |')
     lines += ratio_lines
-    if (h, w) == (90, 160):
-        lines += ['', 'Reference: published code, 2-core CPU, decoder seconds (from the efficiency issue):', '',
-                  '| model | ' + ' | '.join(f'x{s}' for s in (2, 4, 8)) + ' |', '|---|---|---|---|']
-        for m, vals in REFERENCE_160x90.items():
-            ours = [by.get((m, s), {}).get('dec_s') for s in (2, 4, 8)]
-            lines.append(f'| {m} (published) | ' + ' | '.join(f'{vals[s]:g} s' for s in (2, 4, 8)) + ' |')
-            lines.append(f'| {m} (ours) | ' + ' | '.join(fmt(o) + ' s' if o else '—' for o in ours) + ' |')
     if golden:
         lines += ['', 'Golden cases in this render mode, max |diff|: ' +
                   ', '.join(f'{k} {v:.2e}' for k, v in golden.items())]
@@ -301,11 +319,36 @@ def main(argv=None):
     p.add_argument('--golden', default=os.path.join(os.path.dirname(ROOT), 'shared', 'golden'),
                    help='folder of golden cases to re-check in the benchmarked render mode')
     p.add_argument('--out', default=None, help='output folder (default outputs/benchmark/<device>_<input>)')
+    p.add_argument('--onnx', action='store_true',
+                   help='also export each implicit / IGConv row as a fixed-scale ONNX graph and time it in ONNX Runtime '
+                        '(CPU), next to the same graph in PyTorch (engine/export.py benchmark_row)')
     args = p.parse_args(argv)
-    h, w = parse_size(args.input)
-    scales = [int(s) for s in args.scales.split(',')]
-    device = args.device
-    out = args.out or os.path.join(ROOT, 'outputs', 'benchmark', f'{torch.device(device).type}_{args.input}')
+    try:               # every option checked before any compute or write
+        h, w = validate.size_text(args.input, '--input', order='WxH')
+        scales = validate.scales_list(args.scales, '--scales', integers=True, minimum=2)
+        validate.cli_numbers(args, 'benchmark.py')
+        from engine import cli
+        device = cli.choose_device(args.device, None, 'benchmark.py')
+        names = [n.strip() for n in args.models.split(',')]
+        known = set(CONFIGS) | set(GRID_MODELS) | {'subpixel'}
+        cmsr_rows = {f'{b}+cmsr' for b in CONFIGS if f'--{b}-checkpoint' in p._option_string_actions}
+        unknown = [n for n in names if n not in known and n not in cmsr_rows]
+        if unknown:
+            raise validate.InputError(f'--models: unknown row(s) {", ".join(map(repr, unknown))}; '
+                                      f'known: {DEFAULT_MODELS}')
+        for n in names:           # the trained rows' files, read now rather than after the first rows ran
+            base = n.split('+cmsr')[0]
+            if n in cmsr_rows:
+                ckpt, table = getattr(args, f'{base}_checkpoint'), getattr(args, f'{base}_cmsr')
+                if ckpt and os.path.exists(ckpt) and table and os.path.exists(table):
+                    from engine import cmsr
+                    model = models.load_model(ckpt)
+                    cmsr.load_tables(table, model.capabilities)
+        out = args.out or os.path.join(ROOT, 'outputs', 'benchmark', f'{torch.device(device).type}_{args.input}')
+        validate.output_folder(out, '--out')
+    except (ValueError, models.CheckpointError) as e:
+        print(f'benchmark.py: error: {e}', file=sys.stderr)
+        return 1
     os.makedirs(out, exist_ok=True)
     device_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
     torch.manual_seed(0)
@@ -328,6 +371,11 @@ def main(argv=None):
             rows.append(row)
             print(f"{name:>12s} x{s:<3d} dec {fmt(row.get('dec_gmacs'))} GMACs, {fmt(row.get('dec_s'))} s "
                   f"{row.get('note', '')} ({time.perf_counter() - t:.0f}s)", flush=True)
+            if args.onnx and kind != 'subpixel' and not name.endswith('+cmsr'):
+                from engine.export import benchmark_row
+                orow = benchmark_row(name, model, s, (h, w), args.repeats, args.warmup)
+                rows.append(orow)
+                print(f"{orow['model']:>12s} x{s:<3d} {orow['note']}", flush=True)
     golden = golden_check(args)
     text = markdown(rows, args, rate, golden, device_name)
     print('\n' + text)

@@ -1,6 +1,6 @@
 """PSNR, rendered fraction and decoder time of an LM model with and without CMSR on benchmark sets.
 
-    python scripts/cmsr_eval.py --model save/pretrained_models/edsr-b_lm-liif.pth \\
+    python -m scripts.cmsr_eval --model save/pretrained_models/edsr-b_lm-liif.pth \\
         --cmsr save/pretrained_models/edsr-b_lm-liif_cmsr.yaml --sets Set5,Set14 --scales 8,12
 
 LR images are made on the fly by PIL bicubic from the HR images in <root>/<set>/HR (the LIIF/LTE protocol
@@ -14,12 +14,12 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:   # run as a file: the project's packages are importable only from the repository root
+    sys.exit('cmsr_eval.py: error: run it from the repository root as a module: python -m scripts.cmsr_eval ...')
 
 import torch  # noqa: E402
 
 import datasets  # noqa: E402
-import models  # noqa: E402
 from engine.inference import Upscaler, normalise  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
 
@@ -34,9 +34,7 @@ def median_time(fn, repeats):
 
 
 def evaluate(model, data, scale, tables, repeats):
-    model.set_cmsr(tables)
-    model.cmsr_stats.__init__()
-    up = Upscaler(model)
+    up = Upscaler(model, cmsr_tables=tables)
     scores, dec = [], 0.0
     with torch.no_grad():
         for i in range(len(data)):
@@ -49,23 +47,29 @@ def evaluate(model, data, scale, tables, repeats):
             total = median_time(lambda: up(inp, (H, W)), repeats)
             enc = median_time(lambda: model.encoder(normalise(inp)), repeats)
             dec += max(total - enc, 0.0)
-    stats = model.cmsr_stats
+    stats = up.stats
     fraction, share = (stats.fraction, stats.render_share) if tables is not None else (1.0, 1.0)
     return sum(scores) / len(scores), fraction, share, dec
 
 
 def main(argv=None):
+    from engine import cli
+    return cli.run(_main, argv, 'cmsr_eval.py')
+
+
+def _main(argv=None):
+    from engine import cli
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', required=True)
+    p.add_argument('--model', required=True, help='LM checkpoint (a bare name is looked up in save/pretrained_models/)')
     p.add_argument('--cmsr', required=True, help='Scale2Mod table YAML')
     p.add_argument('--root', default='load/benchmark', help='folder holding <set>/HR (default load/benchmark)')
     p.add_argument('--sets', default='Set5,Set14')
     p.add_argument('--scales', default='8,12')
     p.add_argument('--repeats', type=int, default=3)
     args = p.parse_args(argv)
-    model = models.load_model(args.model)
-    from models import cmsr
-    tables = cmsr.load_tables(args.cmsr)
+    model, _ = cli.load_model(args.model, 'cpu', 'cmsr_eval.py')
+    from engine import cmsr
+    tables = cmsr.load_tables(args.cmsr, model.capabilities)
     print('| set | scale | PSNR (dB) | PSNR with CMSR | rendered fraction | render-MLP queries | decoder s '
           '| decoder s with CMSR |')
     print('|---|---|---|---|---|---|---|---|')

@@ -24,6 +24,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 
 DIV2K_URL = 'https://data.vision.ee.ethz.ch/cvl/DIV2K/'
 BENCHMARK_URL = 'https://cv.snu.ac.kr/research/EDSR/'
@@ -82,25 +83,58 @@ def _safe_members(names, dest):
             raise PrepareError(f'archive member {name!r} would be written outside {dest}; refusing')
 
 
+def _tar_members(t, archive, root):
+    """The members of an open tar archive as they will be written (the 'data' filter, applied by hand so
+    that it holds on every Python): regular files and folders only, plus links that stay inside the
+    archive's folder; devices, FIFOs and other special files refused; permissions reduced to rwx for the
+    user and r-x for others (no setuid/setgid/sticky bits, nothing group/world-writable); owners dropped
+    (the files belong to whoever extracts them)."""
+    import copy
+    out = []
+    root = os.path.realpath(root)
+    for m in t.getmembers():
+        if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            kind = 'device' if (m.ischr() or m.isblk()) else 'FIFO' if m.isfifo() else 'special file'
+            raise PrepareError(f'{archive}: member {m.name!r} is a {kind}; refusing to extract it')
+        if m.issym() or m.islnk():
+            base = os.path.dirname(os.path.join(root, m.name)) if m.issym() else root
+            target = os.path.realpath(os.path.join(base, m.linkname))
+            if os.path.isabs(m.linkname) or not (target == root or target.startswith(root + os.sep)):
+                raise PrepareError(f'{archive}: link {m.name!r} -> {m.linkname!r} points outside the archive; '
+                                   f'refusing')
+        m = copy.copy(m)
+        m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
+        m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), '', ''
+        out.append(m)
+    return out
+
+
 def extract(archive, dest):
-    """Extract a zip or tar archive into ``dest`` (via a temporary folder, then moved into place)."""
+    """Extract a zip or tar archive into ``dest`` (via a temporary folder, then moved into place).
+
+    Tar members go through the data filter (``_tar_members``); a damaged or truncated archive is a
+    one-line ``PrepareError`` and leaves nothing behind."""
     tmp = dest.rstrip('/') + '/.extracting'
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                _safe_members(z.namelist(), tmp)
-                z.extractall(tmp)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                members = t.getmembers()
-                _safe_members([m.name for m in members], tmp)
-                if any(m.issym() or m.islnk() for m in members):
-                    raise PrepareError(f'{archive}: contains links; refusing')
-                t.extractall(tmp)
-        else:
-            raise PrepareError(f'{archive}: not a zip or tar archive')
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as z:
+                    _safe_members(z.namelist(), tmp)
+                    z.extractall(tmp)
+            elif tarfile.is_tarfile(archive):
+                with tarfile.open(archive) as t:
+                    members = _tar_members(t, archive, tmp)
+                    _safe_members([m.name for m in members], tmp)
+                    options = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
+                    t.extractall(tmp, members=members, numeric_owner=True, **options)
+            else:
+                raise PrepareError(f'{archive}: not a zip or tar archive')
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, ValueError) as e:
+            detail = ' '.join(str(e).split())[:200] or type(e).__name__
+            raise PrepareError(f'{archive}: damaged or truncated archive ({detail}); delete it and download it '
+                               f'again') from None
         for entry in os.listdir(tmp):
             target = os.path.join(dest, entry)
             if os.path.exists(target):
@@ -124,13 +158,46 @@ def _merge(src, dst):
 def prepare(root='load', only=None, from_dir=None, urls=None, quiet=False, keep_archives=True):
     urls = {'div2k': DIV2K_URL, 'benchmark': BENCHMARK_URL, **(urls or {})}
     names = [a for g in (only or GROUPS) for a in GROUPS[g]]
+    # checks before anything is created
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise PrepareError(f'--root {root}: is a file, not a folder')
+    if from_dir is not None:
+        if not os.path.isdir(from_dir):
+            raise PrepareError(f'--from-dir {from_dir}: folder not found')
+        for name in names:
+            _, produces, dest = ARCHIVES[name]
+            folder = os.path.join(root, dest, produces)
+            if not (os.path.isdir(folder) and os.listdir(folder)) and not os.path.isfile(os.path.join(from_dir, name)):
+                raise PrepareError(f'{os.path.join(from_dir, name)} not found (--from-dir)')
+    created = []
+
+    def makedirs(path):          # remember what we create, to remove it (if still empty) on failure
+        missing, p = [], os.path.abspath(path)
+        while not os.path.exists(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        os.makedirs(path, exist_ok=True)
+        created.extend(reversed(missing))
+
+    try:
+        return _prepare(root, names, from_dir, urls, quiet, keep_archives, makedirs)
+    except BaseException:
+        for folder in reversed(created):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        raise
+
+
+def _prepare(root, names, from_dir, urls, quiet, keep_archives, makedirs):
     downloads = os.path.join(root, '_downloads')
-    os.makedirs(downloads, exist_ok=True)
+    makedirs(downloads)
     done = []
     for name in names:
         key, produces, dest = ARCHIVES[name]
         dest = os.path.join(root, dest)
-        os.makedirs(dest, exist_ok=True)
+        makedirs(dest)
         if os.path.isdir(os.path.join(dest, produces)) and os.listdir(os.path.join(dest, produces)):
             done.append(f'{os.path.join(dest, produces)} (already there)')
             continue
@@ -163,8 +230,8 @@ def main(argv=None):
     try:
         done = prepare(args.root, args.only, args.from_dir, {'div2k': args.div2k_url, 'benchmark': args.benchmark_url},
                        args.quiet, keep_archives=not args.delete_archives)
-    except PrepareError as e:
-        print(f'prepare_data.py: error: {e}', file=sys.stderr)
+    except (PrepareError, OSError) as e:
+        print(f'prepare_data.py: error: {" ".join(str(e).split())}', file=sys.stderr)
         return 1
     for d in done:
         print('ready:', d)

@@ -5,7 +5,7 @@ import torch
 import models
 from models.checkpoint import load_checkpoint
 from tests.conftest import ROOT
-from tests.test_scripts import run_test, set5_opts
+from tests.conftest import run_test, set5_opts
 
 BUNDLED = ROOT / 'save' / 'pretrained_models'
 # Set5 PSNR (Y, shave = scale) measured when the models were exported (README "Pretrained models");

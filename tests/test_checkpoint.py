@@ -63,7 +63,7 @@ def official_checkpoint(tmp_path, name, extra_args=None, prefix=''):
 @pytest.mark.parametrize('name,extra', [
     ('lmliif_edsr', {'mixed_le': True, 'cmsr_spec': None}),
     ('lmlte_edsr', {'mixed_le': False}),
-    ('liif_edsr', {'cmsr_spec': None}),   # test.py injects cmsr_spec into every model (spec B2)
+    ('liif_edsr', {'cmsr_spec': None}),   # test.py injects cmsr_spec into every model (docs/deviations.md, B2)
     ('lte_edsr', {'cmsr_spec': None}),
     ('metasr_edsr', {'cmsr_spec': None})])
 @pytest.mark.parametrize('prefix', ['', 'module.'])

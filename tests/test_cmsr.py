@@ -1,11 +1,16 @@
-"""CMSR: golden table building and rendering, level logic, edge cases, table files."""
+"""CMSR (engine/cmsr.py and the engine's CMSR strategy): golden table building and rendering (also
+under SwinIR window padding), level logic, edge cases, table files and their validation."""
+import math
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
 import models
-from models import cmsr
+from engine import cmsr
+from engine.inference import Upscaler
+from engine.render import CMSR, Dense, QueryPlan, RenderStats
 from utils.coords import make_cell, make_coord
 
 from .conftest import load_golden
@@ -20,6 +25,21 @@ def golden_model(name):
 def grid(H, W, clip=1.0, batch=1):
     return (make_coord((H, W)).unsqueeze(0).expand(batch, -1, -1),
             (make_cell((H, W)) * clip).unsqueeze(0).expand(batch, -1, -1))
+
+
+def cmsr_render(model, inp, size, tables, exact_grid=False, stats=None):
+    """The engine's CMSR strategy on a normalised input: (B, H*W, 3) normalised, like model(inp, coord, cell)."""
+    plan = QueryPlan.build(model.capabilities, tuple(inp.shape[-2:]), size)
+    with torch.no_grad():
+        out, stats = CMSR(plan, tables, exact_grid)(model, inp, stats)
+    return out.permute(0, 2, 3, 1).reshape(inp.shape[0], -1, 3), stats
+
+
+def dense_render(model, inp, size):
+    plan = QueryPlan.build(model.capabilities, tuple(inp.shape[-2:]), size)
+    with torch.no_grad():
+        out, _ = Dense(plan)(model, inp)
+    return out.permute(0, 2, 3, 1).reshape(inp.shape[0], -1, 3)
 
 
 @pytest.mark.parametrize('name', ['lmliif_edsr', 'lmlte_edsr'])
@@ -37,14 +57,45 @@ def test_golden_table_building(name):
 def test_golden_rendering(name):
     g = load_golden(f'cmsr_{name}')
     model = golden_model(name)
-    model.set_cmsr(g['render_table'])
     for r in g['renders']:
-        model.cmsr_stats = cmsr.RenderStats()
-        coord, cell = grid(*r['size'], r['cell_clip'])
-        with torch.no_grad():
-            pred = model(g['build_inps'][0], coord, cell)
+        assert r['cell_clip'] == max(r['scale'] / 4, 1)        # the plan's clipping is the published one
+        pred, stats = cmsr_render(model, g['build_inps'][0], tuple(r['size']), g['render_table'])
         assert (pred - r['pred']).abs().max() <= 1e-4
-        assert model.cmsr_stats.fraction == r['rendered_fraction']
+        assert stats.fraction == r['rendered_fraction']
+
+
+def swinir_window_model(g):
+    """LM-LIIF + SwinIR of the padded-CMSR golden case: encoder parameters by the closed form (phase from
+    the whole-model name), everything else from ``sd``."""
+    model = models.make(g['model'])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith('encoder.'):
+                continue
+            n = p.numel()
+            phase = 2 * math.pi * (zlib.crc32(name.encode('utf-8')) % 1000) / 1000
+            a = 1 / math.sqrt(n / p.shape[0]) if p.dim() >= 2 else 0.02
+            p.copy_((a * torch.sin(0.37 * torch.arange(n, dtype=torch.float64) + phase)).view(p.shape).float())
+    missing, unexpected = model.load_state_dict(g['sd'], strict=False)
+    assert not unexpected and all(k.startswith('encoder.') for k in missing)
+    return model.eval()
+
+
+def test_golden_cmsr_under_window_padding():
+    """Published test.py --window 8 --cmsr: levels from the real (padded, integer) target grid, not 6.65."""
+    g = load_golden('cmsr_lmliif_swinir_window')
+    model = swinir_window_model(g)
+    inp = g['inp']
+    h, w = inp.shape[-2:]
+    assert model.capabilities.window == g['window'] == 8
+    for r in g['renders']:
+        S = r['scale']
+        up = Upscaler(model, window=8, published_window=True, cmsr_tables=g['render_table'])
+        out = up(inp * 0.5 + 0.5, (S * h, S * w))
+        assert out.shape == r['pred_scored'].shape
+        assert (out - r['pred_scored']).abs().max() <= 1e-4, f'x{S}'
+        assert up.stats.fraction == pytest.approx(r['rendered_fraction'], abs=1e-12)
+        assert up.stats.cmsr_used and up.stats.render_share < 1
 
 
 @pytest.mark.parametrize('name', ['lmliif_edsr', 'lmlte_edsr'])
@@ -55,13 +106,9 @@ def test_trivial_tables_equal_plain_fast_path(name, table):
     model = models.make(case['model'], load_sd=True).eval()
     inp = case['inp']
     h, w = inp.shape[-2:]
-    coord, cell = grid(8 * h, 8 * w, 2.0)
-    with torch.no_grad():
-        plain = model(inp, coord, cell)
-        model.set_cmsr(table, exact_grid=True)
-        exact = model(inp, coord, cell)
-        model.set_cmsr(table)
-        published = model(inp, coord, cell)
+    plain = dense_render(model, inp, (8 * h, 8 * w))
+    exact, _ = cmsr_render(model, inp, (8 * h, 8 * w), table, exact_grid=True)
+    published, _ = cmsr_render(model, inp, (8 * h, 8 * w), table)
     assert (exact - plain).abs().max() <= 1e-6
     # the published level grid differs from the exact one only within S/2 pixels of the border
     inner = (slice(None), slice(4, -4), slice(4, -4))
@@ -72,38 +119,33 @@ def test_trivial_tables_equal_plain_fast_path(name, table):
 def test_scale_within_training_range_ignores_cmsr():
     g = load_golden('cmsr_lmliif_edsr')
     model = golden_model('lmliif_edsr')
-    inp = g['build_inps'][0]
-    coord, cell = grid(4 * 24, 4 * 20)
-    with torch.no_grad():
-        plain = model(inp, coord, cell)
-        model.set_cmsr(g['render_table'])
-        assert torch.equal(model(inp, coord, cell), plain)
+    img = g['build_inps'][0] * 0.5 + 0.5
+    plain = Upscaler(model)(img, (4 * 24, 4 * 20))
+    up = Upscaler(model, cmsr_tables=g['render_table'])
+    assert torch.equal(up(img, (4 * 24, 4 * 20)), plain)
+    assert not up.stats.cmsr_used and 'not used' in up.stats.summary()
+    assert cmsr.applies(4.01, 4) and not cmsr.applies(4, 4)
 
 
 def test_batch_of_two_matches_single_images():
     g = load_golden('cmsr_lmliif_edsr')
     model = golden_model('lmliif_edsr')
-    model.set_cmsr(g['render_table'])
     inp = torch.cat(g['build_inps'])
-    coord, cell = grid(8 * 24, 8 * 20, 2.0, batch=2)
-    with torch.no_grad():
-        both = model(inp, coord, cell)
-        singles = torch.cat([model(inp[i:i + 1], coord[:1], cell[:1]) for i in range(2)])
+    both, _ = cmsr_render(model, inp, (8 * 24, 8 * 20), g['render_table'])
+    singles = torch.cat([cmsr_render(model, inp[i:i + 1], (8 * 24, 8 * 20), g['render_table'])[0] for i in range(2)])
     assert torch.equal(both, singles)
     assert (both[:1] - g['renders'][0]['pred']).abs().max() <= 1e-4
 
 
 def test_empty_last_level_still_gives_the_target_grid():
-    """Published code returns a wrongly shaped tensor when the last level selects nothing (B11)."""
+    """Published code returns a wrongly shaped tensor when the last level selects nothing (docs/deviations.md, B11)."""
     model = golden_model('lmliif_edsr')
     inp = load_golden('lmliif_edsr')['inp']
-    table = {8: {1: 0.2, 2: 100, 4: 200}}    # levels: m <= .2 at x1, .2..100 at x2, >= 100 at x4 (empty)
-    model.set_cmsr(table)
-    coord, cell = grid(8 * 24, 8 * 20, 2.0)
-    with torch.no_grad():
-        out = model(inp, coord, cell)
-        model.set_cmsr({8: {1: 0.2, 2: 100}})  # the same renders without the empty level
-        ref = model(inp, coord, cell)
+    # levels: m <= .2 at x1, .2..1 at x2, m >= 1 at x4 (empty for these weights)
+    out, _ = cmsr_render(model, inp, (8 * 24, 8 * 20), {8: {1: 0.2, 2: 0.9999, 4: 1}})
+    ref, _ = cmsr_render(model, inp, (8 * 24, 8 * 20), {8: {1: 0.2, 2: 0.9999}})
+    m = model.modulation_intensity(model.prepare(inp, make_cell((192, 160)).unsqueeze(0) * 2))
+    assert bool((m < 0.9999).all())
     assert out.shape == (1, 8 * 24 * 8 * 20, 3)
     assert torch.equal(out, ref)
 
@@ -111,12 +153,11 @@ def test_empty_last_level_still_gives_the_target_grid():
 def test_all_levels_empty_gives_bilinear_input():
     model = golden_model('lmliif_edsr')
     inp = load_golden('lmliif_edsr')['inp']
-    model.set_cmsr({8: {0.5: 100, 1: 200}})  # the x0.5 level is skipped; x1 selects m >= 100: nothing
-    coord, cell = grid(8 * 24, 8 * 20, 2.0)
-    with torch.no_grad():
-        out = model(inp, coord, cell)
+    # the x0.5 level is skipped; x1 selects m >= 1: nothing for these weights
+    out, stats = cmsr_render(model, inp, (8 * 24, 8 * 20), {8: {0.5: 0.9999, 1: 1}})
+    coord, _ = grid(8 * 24, 8 * 20)
     assert torch.allclose(out[0], cmsr.bilinear(inp, coord[0]))
-    assert model.cmsr_stats.renders == 0
+    assert stats.renders == 0
 
 
 def test_level_construction_matches_spec_examples():
@@ -140,9 +181,8 @@ def test_shipped_tables_load(name):
 
 
 def test_missing_or_bad_table_files_are_errors(tmp_path):
-    model = golden_model('lmliif_edsr')
     with pytest.raises(cmsr.CMSRError, match='not found'):
-        model.set_cmsr(str(tmp_path / 'missing.yaml'))
+        cmsr.load_tables(str(tmp_path / 'missing.yaml'))
     bad = tmp_path / 'bad.yaml'
     bad.write_text('8: {1: high}\n')
     with pytest.raises(cmsr.CMSRError, match='threshold'):
@@ -171,16 +211,56 @@ def test_render_stats_count_the_render_mlp_macs_saved():
     Q = 8 * h * 8 * w
     per_query = 4 * sum(m.in_features * m.out_features for m in model.imnet.modules()
                         if isinstance(m, torch.nn.Linear))          # 4 neighbours x the render MLP
-    coord, cell = grid(8 * h, 8 * w, 2.0)
-    with torch.no_grad():
-        model.set_cmsr({8: {1: 100}})             # everything at x1, then bilinear to x8
-        model(inp, coord, cell)
-        s = model.cmsr_stats
-        assert s.renders == h * w and s.render_share == h * w / Q
-        assert s.macs_saved == (Q - h * w) * per_query
-        model.cmsr_stats = cmsr.RenderStats()
-        model.set_cmsr({8: {8: 1}})               # everything at the target: nothing saved
-        model(inp, coord, cell)
-        assert model.cmsr_stats.renders == Q and model.cmsr_stats.macs_saved == 0
-    assert 'not used' in cmsr.RenderStats().summary()
-    assert '0.00 GMACs saved' in model.cmsr_stats.summary()
+    _, s = cmsr_render(model, inp, (8 * h, 8 * w), {8: {1: 1}})     # everything at x1, then bilinear to x8
+    assert s.renders == h * w and s.render_share == h * w / Q
+    assert s.macs_saved == (Q - h * w) * per_query
+    per_lr = sum(m.in_features * m.out_features for m in model.hypernet.modules() if isinstance(m, torch.nn.Linear))
+    assert s.macs == per_lr * h * w + per_query * h * w
+    _, s = cmsr_render(model, inp, (8 * h, 8 * w), {8: {8: 1}})     # everything at the target: nothing saved
+    assert s.renders == Q and s.macs_saved == 0
+    assert 'not used' in RenderStats().summary()
+    assert '0.00 GMACs saved' in s.summary()
+
+
+# ------------------------------------------------------------------------------------- table validation
+@pytest.mark.parametrize('text, match', [
+    ('8: {1: 0.3, 2: 0.2, 8: 1}\n', r'threshold 0.2 of decode scale 2 in table 8 is below the 0.3 of decode scale 1'),
+    ('8: {1: -0.05, 8: 1}\n', r'threshold -0.05 of decode scale 1 in table 8 is outside \[0, 1\]'),
+    ('8: {1: 0.3, 8: 1.5}\n', r'threshold 1.5 of decode scale 8 in table 8 is outside'),
+    ('8: {0: 0.3, 8: 1}\n', r'decode scale 0 in table 8 must be positive'),
+    ('8: {-2: 0.3, 8: 1}\n', r'decode scale -2 in table 8 must be positive'),
+    ('-8: {1: 0.3, 8: 1}\n', r'target scale -8 must be positive'),
+    ('8: {1: .nan}\n', r'threshold of decode scale 1 in table 8 must be a finite number'),
+    ('8: []\n', r'table for target scale 8 must be a non-empty mapping'),
+    ('[1, 2]\n', r'expected a non-empty mapping'),
+    ('model: [lmliif]\n8: {8: 1}\n', r"'model' must be a model name"),
+])
+def test_bad_tables_are_refused_naming_file_and_entry(tmp_path, text, match):
+    path = tmp_path / 'bad.yaml'
+    path.write_text(text)
+    with pytest.raises(cmsr.CMSRError, match=match) as e:
+        cmsr.load_tables(path)
+    assert str(path) in str(e.value) and '\n' not in str(e.value)
+
+
+def test_tables_record_and_check_the_model_kind(tmp_path):
+    lmliif, lmlte = golden_model('lmliif_edsr'), golden_model('lmlte_edsr')
+    path = tmp_path / 't.yaml'
+    cmsr.save_tables(path, {8: {1: 0.3, 8: 1}}, model_name=lmliif.capabilities.name)
+    assert path.read_text().startswith('model: lmliif')
+    assert cmsr.load_tables(path, lmliif.capabilities) == {8: {1: 0.3, 8: 1}}
+    with pytest.raises(cmsr.CMSRError, match='built for a lmliif model, not for this lmlte model'):
+        cmsr.load_tables(path, lmlte.capabilities)
+    # LM-LTE intensities span 0..0.5: a threshold of 0.6 (below 1) cannot come from its buckets
+    cmsr.save_tables(path, {8: {1: 0.6, 8: 1}})
+    with pytest.raises(cmsr.CMSRError, match=r'outside the intensity range \[0, 0.5\] of lmlte'):
+        cmsr.load_tables(path, lmlte.capabilities)
+    # published files record no model: accepted for every LM model
+    for name in ('edsr-b_lm-liif_mse2e-5', 'edsr-b_lm-lte_mse2e-5'):
+        cmsr.load_tables(ROOT / f'configs/cmsr/result/{name}.yaml', lmliif.capabilities)
+    cmsr.load_tables(ROOT / 'configs/cmsr/result/edsr-b_lm-lte_mse2e-5.yaml', lmlte.capabilities)
+
+
+def test_cmsr_needs_a_modulated_model():
+    with pytest.raises(ValueError, match='CMSR needs an LM model'):
+        Upscaler(golden_model('liif_edsr'), cmsr_tables={8: {8: 1}})

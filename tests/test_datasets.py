@@ -18,15 +18,7 @@ from utils.coords import make_coord
 from utils.image import ImageError, load_image, save_image
 from utils.imresize import pil_bicubic_resize
 
-from .conftest import need
-
-
-def smooth_uint8(h, w, seed=0):
-    """A smooth random RGB uint8 image (H, W, 3): bicubic-upsampled noise, so resizes are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8 + 2, w // 8 + 2, generator=g), size=(h, w),
-                                        mode='bicubic', align_corners=False)[0]
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+from .conftest import need, smooth_uint8
 
 
 def as_tensor(u8_hwc):
@@ -249,14 +241,16 @@ def test_paired_folders(tmp_path, hr_folder):
     lr_root = tmp_path / 'lr'
     lr_root.mkdir()
     for i in range(3):
-        Image.fromarray(np.asarray(Image.open(hr_folder / f'img{i}.png'))[::2, ::2]).save(lr_root / f'img{i}x2.png')
+        arr = np.asarray(Image.open(hr_folder / f'img{i}.png'))
+        h, w = arr.shape[0] // 2, arr.shape[1] // 2                      # LR of the HR cropped to even sizes
+        Image.fromarray(arr[:2 * h:2, :2 * w:2]).save(lr_root / f'img{i}x2.png')
     ds = datasets.make({'name': 'paired-image-folders',
                         'args': {'root_path_1': str(lr_root), 'root_path_2': str(hr_folder), 'repeat': 2}})
-    assert len(ds) == 6
+    assert len(ds) == 6 and ds.pair_scales == [2, 2, 2]
     lr, hr = ds[4]
-    assert torch.equal(lr, hr[:, ::2, ::2])
+    assert torch.equal(lr, hr[:, :2 * lr.shape[1]:2, :2 * lr.shape[2]:2])
     (lr_root / 'img9x2.png').write_bytes((lr_root / 'img0x2.png').read_bytes())
-    with pytest.raises(DatasetError, match='different numbers of images.*has 4.*has 3'):
+    with pytest.raises(DatasetError, match='img9x2.png has no HR partner'):
         datasets.make({'name': 'paired-image-folders',
                        'args': {'root_path_1': str(lr_root), 'root_path_2': str(hr_folder)}})
 
@@ -268,7 +262,7 @@ def implicit(hr, name='sr-implicit-downsampled', **args):
 
 
 def test_downsampled_train_items_checklist(hr_folder):
-    """Spec §11 item 5: inp (3,48,48), coord/cell (2304,2), gt (2304,3) for s in [1, 4]."""
+    """The published shapes: inp (3,48,48), coord/cell (2304,2), gt (2304,3) for s in [1, 4]."""
     ds = implicit(hr_dataset(hr_folder, repeat=4), inp_size=48, scale_min=1, scale_max=4, augment=True,
                   sample_q=2304)
     for i in range(len(ds)):
@@ -347,7 +341,7 @@ def test_paired_wrapper_crops_are_aligned(tmp_path, hr_folder):
     lr_root.mkdir()
     for i in range(3):  # LR = HR decimated by 2 (not a real downscale: it makes alignment checkable)
         hr = np.asarray(Image.open(hr_folder / f'img{i}.png'))
-        Image.fromarray(hr[:hr.shape[0] // 2 * 2:2, :hr.shape[1] // 2 * 2:2]).save(lr_root / f'{i}.png')
+        Image.fromarray(hr[:hr.shape[0] // 2 * 2:2, :hr.shape[1] // 2 * 2:2]).save(lr_root / f'img{i}.png')
     pairs = datasets.make({'name': 'paired-image-folders',
                            'args': {'root_path_1': str(lr_root), 'root_path_2': str(hr_folder), 'repeat': 3}})
     ds = implicit(pairs, 'sr-implicit-paired', inp_size=24)

@@ -1,6 +1,4 @@
 """Every model case in ../shared/golden reproduces the published code's outputs to 1e-4."""
-import math
-import zlib
 
 import pytest
 import torch
@@ -8,24 +6,11 @@ import torch
 import models
 from utils.coords import make_cell, make_coord
 
-from .conftest import load_golden
+from .conftest import closed_form_fill, load_golden
 
 MODEL_CASES = ['liif_edsr', 'liif_edsr_plain', 'lte_edsr', 'metasr_edsr', 'lmliif_edsr', 'lmliif_edsr_nomodin',
                'lmlte_edsr', 'lmliif_rdn', 'lmlte_swinir', 'liif_swinir']
 TOL = 1e-4
-
-
-def closed_form_fill(model):
-    """Set every float parameter to a * sin(0.37 i + phase(name)) (golden README, 'fill' weights)."""
-    for name, p in model.named_parameters():
-        if not p.is_floating_point():
-            continue
-        n = p.numel()
-        phase = 2 * math.pi * (zlib.crc32(name.encode('utf-8')) % 1000) / 1000
-        a = 1 / math.sqrt(n / p.shape[0]) if p.dim() >= 2 else 0.02
-        values = a * torch.sin(0.37 * torch.arange(n, dtype=torch.float64) + phase)
-        with torch.no_grad():
-            p.copy_(values.view(p.shape).to(p.dtype))
 
 
 def build(case):
@@ -86,7 +71,7 @@ def test_chunking_does_not_change_output(name, bsize):
 
 
 def test_batch_of_two_equals_single_images():
-    """Batch > 1 (official fast path caches by size only, spec B12) gives per-image results."""
+    """Batch > 1 (official fast path caches by size only, docs/deviations.md, B12) gives per-image results."""
     case = load_golden('lmliif_edsr')
     model = build(case).eval()
     inp = torch.cat([case['inp'], case['inp'].flip(-1)])

@@ -1,5 +1,5 @@
 """IGConv / IGConv+ (models/upsamplers): golden outputs of the official code, folding, FGRep, IGSample,
-the FFT loss, the integer-scale guard and the registered SR models (spec ``igconv.md`` §8.6)."""
+the FFT loss, the integer-scale guard and the registered SR models."""
 import math
 
 import numpy as np
@@ -76,7 +76,7 @@ def test_golden_igconv(name):
         assert (out_train.detach() - ref).abs().max().item() <= TOL
 
 
-# ---------------------------------------------------------------- parameter counts (spec §2.1)
+# ---------------------------------------------------------------- parameter counts
 
 @pytest.mark.parametrize('dim, n_igconv, n_igsample', [(64, 559_107, 362_752), (180, 1_093_635, 897_280)])
 def test_parameter_counts(dim, n_igconv, n_igsample):
@@ -185,7 +185,7 @@ def test_generation_in_chunks_is_identical(monkeypatch):
     assert torch.allclose(m.generate(5), ref, atol=1e-6)
 
 
-# ---------------------------------------------------------------- FGRep (spec §3.3)
+# ---------------------------------------------------------------- FGRep
 
 D4_FEATURE_OPS = [  # (transform, inverse) on the last two axes of a feature map
     (lambda x: x, lambda x: x),
@@ -256,7 +256,7 @@ def test_training_gradients_reach_the_hypernetwork():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-# ---------------------------------------------------------------- IGSample (spec §3.2)
+# ---------------------------------------------------------------- IGSample
 
 @pytest.mark.parametrize('r', SCALES)
 def test_igsample_zero_offsets_is_bilinear(r):
@@ -302,7 +302,7 @@ def test_igsample_offsets_move_one_colour():
     assert torch.allclose(out[0, 0, :, r:-2 * r], shifted[0, 0, :, r:-2 * r], atol=1e-4)  # away from borders
 
 
-# ---------------------------------------------------------------- FFT loss (spec §3.1)
+# ---------------------------------------------------------------- FFT loss
 
 def test_fft_loss_matches_numpy():
     torch.manual_seed(0)
@@ -382,8 +382,8 @@ SR_CASES = [
     ('igconv-plus-edsr-baseline', {'encoder_args': {'n_resblocks': 1}}, 64, True),
     ('igconv-rdn', {'encoder_args': {'RDNconfig': 'A'}}, 64, False),
     ('igconv-plus-rdn', {}, 64, True),
-    ('igconv-swinir', {}, 64, False),
-    ('igconv-plus-swinir', {}, 64, True),
+    ('igconv-swinir', {}, 180, False),        # as published: the 180-ch body output feeds IGConv
+    ('igconv-plus-swinir', {}, 180, True),
     ('igconv-sr', {'encoder_spec': {'name': 'edsr-baseline', 'args': {'no_upsampling': True, 'n_resblocks': 1}},
                    'upsampler_spec': {'name': 'igconv', 'args': {'implicit_dim': 64, 'latent_layers': 2}},
                    'plus': True, 'skip_spec': {'name': 'igsample', 'args': {'implicit_dim': 32}}}, 64, True),

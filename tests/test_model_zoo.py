@@ -1,4 +1,4 @@
-"""Registry, parameter counts (spec §9.4), state-dict layout, configs of the published models."""
+"""Registry, parameter counts, state-dict layout, configs of the published models."""
 import pytest
 import torch
 
@@ -64,7 +64,7 @@ def test_decoder_parameter_counts(spec, expected):
 
 
 def test_swinir_lmliif_decoder_is_179571_and_ignores_yaml_out_dim():
-    # the SwinIR config says out_dim 208 for the hypernet; the real size is 16*8*2 + 16 = 272 (spec B5)
+    # the SwinIR config says out_dim 208 for the hypernet; the real size is 16*8*2 + 16 = 272 (docs/deviations.md, B5)
     model = models.make(lmliif(SWINIR, depth=8, hyper_out=208))
     assert decoder_params(model) == 179_571
     assert model.hypernet.layers[2].weight.shape == (272, 208)

@@ -3,61 +3,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import train as train_script
 from models.checkpoint import load_checkpoint
 
+from .conftest import make_images, run_train, write_config
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_images(folder, n=8, size=64, seed=0):
-    """Smooth random colour images (low-frequency noise), written as PNG fixtures."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        low = rng.random((8, 8, 3)) * 255
-        img = Image.fromarray(low.astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        img.save(folder / f'img{i:02d}.png')
-    return folder
-
-
-def write_config(path, data, epoch_max=3, lr='1.e-3', batch=4, extra=''):
-    path.write_text(textwrap.dedent(f"""\
-        train_dataset:
-          dataset: {{name: image-folder, args: {{root_path: {data}, repeat: 2, cache: in_memory}}}}
-          wrapper: {{name: sr-implicit-downsampled, args: {{inp_size: 12, scale_max: 4, augment: true, sample_q: 144}}}}
-          batch_size: {batch}
-        val_dataset:
-          dataset: {{name: image-folder, args: {{root_path: {data}, first_k: 2, repeat: 2}}}}
-          wrapper: {{name: sr-implicit-downsampled, args: {{inp_size: 12, scale_max: 4, sample_q: 144}}}}
-          batch_size: {batch}
-        model:
-          name: lmliif
-          args:
-            encoder_spec: {{name: edsr-baseline, args: {{no_upsampling: true, n_resblocks: 1, n_feats: 16}}}}
-            imnet_spec: {{name: lmmlp, args: {{out_dim: 3, hidden_dim: 8, hidden_depth: 3}}}}
-            hypernet_spec: {{name: mlp, args: {{out_dim: 1, hidden_list: [32]}}}}
-            mod_input: true
-        optimizer: {{name: adam, args: {{lr: {lr}}}}}
-        epoch_max: {epoch_max}
-        multi_step_lr: {{milestones: [2], gamma: 0.5}}
-        epoch_val: 1
-        epoch_save: 2
-        """) + extra)
-    return path
-
-
-def run_train(cfg, save_root, *extra):
-    return train_script.main(['--config', str(cfg), '--save-root', str(save_root), '--workers', '0',
-                              '--no-progress', '--device', 'cpu', *extra])
 
 
 def weights(path):
@@ -66,7 +23,7 @@ def weights(path):
 
 @pytest.fixture
 def data(tmp_path):
-    return make_images(tmp_path / 'images')
+    return make_images(tmp_path / 'images', n=4, size=48)
 
 
 def test_resume_continues_bit_exactly(tmp_path, data):
@@ -151,7 +108,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, capsys):
     before = last.read_bytes()
     assert run_train(cfg, tmp_path / 'runs') == 1
     err = capsys.readouterr().err
-    assert 'loss is' in err and 'epoch 2' in err and 'still holds epoch 1' in err
+    assert ('loss is' in err or 'overflowed' in err) and 'epoch 2' in err and 'still holds epoch 1' in err
     assert last.read_bytes() == before
 
 
@@ -161,7 +118,8 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count('\n') == 0 and "unknown model 'lmliff'" in err
     assert run_train(tmp_path / 'missing.yaml', tmp_path / 'r') == 1
-    assert 'config not found' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'missing.yaml' in err and 'not found' in err and err.count('\n') == 1
 
 
 def test_published_configs_build(tmp_path):
@@ -180,14 +138,3 @@ def test_published_configs_build(tmp_path):
             if spec:
                 datasets.get_dataset_class(spec['dataset']['name'])
                 datasets.get_dataset_class(spec['wrapper']['name'])
-
-
-@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
-def test_mixed_precision_and_gradient_clipping_train(tmp_path, data, amp):
-    cfg = write_config(tmp_path / 'tiny.yaml', data, epoch_max=2)
-    assert run_train(cfg, tmp_path / 'r', '--amp', amp, '--grad-clip', '0.5') == 0
-    log = (tmp_path / 'r/_tiny/log.txt').read_text()
-    losses = [float(x) for x in __import__('re').findall(r'train: loss=([0-9.]+)', log)]
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    sd = weights(tmp_path / 'r/_tiny/epoch-last.pth')
-    assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())

@@ -19,6 +19,12 @@ def load_yaml(path, what='config', error=None):
             return yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise error(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
+    except UnicodeDecodeError:
+        raise error(f'{path}: not a text (UTF-8) YAML file') from None
+    except RecursionError:
+        raise error(f'{path}: YAML nested too deeply') from None
+    except OSError as e:
+        raise error(f'{path}: cannot read {what} ({e.strerror or e})') from None
 
 
 def load_config(path):
@@ -39,22 +45,77 @@ def parse_value(text):
         return text
 
 
+def _closest(key, options):
+    import difflib
+    names = [str(o) for o in options]
+    close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+    return f' (did you mean {", ".join(repr(c) for c in close)}?)' if close else ''
+
+
+def _check_type(item, path, old, new):
+    """An override must keep the kind of value it replaces: a number stays a number, a flag a flag and a
+    mapping a mapping (a string written where a number was, e.g. ``epoch_max=abc``, is refused)."""
+    if old is None or new is None:
+        return
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            raise ConfigError(f'override {item!r}: {path} is true/false, got {new!r}')
+    elif isinstance(old, (int, float)):
+        if isinstance(new, bool) or not isinstance(new, (int, float)):
+            try:
+                float(new)
+            except (TypeError, ValueError):
+                raise ConfigError(f'override {item!r}: {path} is a number ({old!r}), got {new!r}') from None
+    elif isinstance(old, dict) and not isinstance(new, dict):
+        raise ConfigError(f'override {item!r}: {path} is a mapping ({", ".join(map(str, old)) or "empty"}); set its '
+                          f'entries ({path}.KEY=VALUE), not the mapping itself')
+    elif isinstance(old, list) and not isinstance(new, list):
+        raise ConfigError(f'override {item!r}: {path} is a list, got {new!r}; write it as [a, b, ...]')
+
+
 def apply_overrides(cfg, overrides):
-    """Apply ``['a.b.c=value', ...]`` to a copy of ``cfg`` (creating intermediate mappings)."""
+    """Apply ``['a.b.c=value', '+a.new=value', ...]`` to a copy of ``cfg``; values are YAML-parsed.
+
+    Every key must already exist in the config (a misspelt key is an error naming the closest existing
+    keys); adding an entry needs the explicit form ``+a.b.new=value`` (which creates missing
+    intermediate mappings). An empty key or key part (``=3``, ``a..b=3``) is refused, and so is a value
+    of another kind than the one it replaces (``epoch_max=abc``).
+    """
     cfg = copy.deepcopy(cfg)
     for item in overrides or []:
-        if '=' not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
+        if not isinstance(item, str) or '=' not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value (or +key.path=value to add a key)")
         key, value = item.split('=', 1)
-        parts = key.strip().split('.')
+        key = key.strip()
+        add = key.startswith('+')
+        if add:
+            key = key[1:]
+        parts = key.split('.')
+        if not key or any(p.strip() == '' or p != p.strip() for p in parts):
+            raise ConfigError(f"override {item!r}: empty or blank key part in {key!r}; write key.path=value")
         node = cfg
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            path = '.'.join(parts[:i + 1])
             if p not in node or node[p] is None:
+                if not add:
+                    where = f"in '{'.'.join(parts[:i])}'" if i else 'at the top level of the config'
+                    known = f'; it has: {", ".join(map(str, node))}' if node else ''
+                    raise ConfigError(f"override {item!r}: no entry {p!r} {where}{_closest(p, node)}{known}; "
+                                      f"write +{key}=... to add it")
                 node[p] = {}
             if not isinstance(node[p], dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a mapping")
+                raise ConfigError(f"override {item!r}: {path} is not a mapping (it holds {node[p]!r:.60})")
             node = node[p]
-        node[parts[-1]] = parse_value(value)
+        last = parts[-1]
+        new = parse_value(value)
+        if last not in node:
+            if not add:
+                where = f"in '{'.'.join(parts[:-1])}'" if len(parts) > 1 else 'at the top level of the config'
+                raise ConfigError(f"override {item!r}: no entry {last!r} {where}{_closest(last, node)}; write "
+                                  f"+{key}={value} to add a new entry")
+        else:
+            _check_type(item, key, node[last], new)
+        node[last] = new
     return cfg
 
 

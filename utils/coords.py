@@ -75,16 +75,14 @@ def cell_clip_factor(scale, max_scale=4):
 def grid_query(lr_size, out_size, batch=1, device=None, max_scale=4, clip=True):
     """Coordinates and (clipped) cells that query a full ``out_size`` grid from an ``lr_size`` input.
 
-    Returns ``coord`` (batch, H*W, 2) and ``cell`` (batch, H*W, 2). The clipping factor uses the
-    larger of the two axis scales (they are equal for the usual isotropic scales).
+    Returns ``coord`` (batch, H*W, 2) and ``cell`` (batch, H*W, 2); cells clipped per axis by
+    ``clipped_cell``.
     """
     H, W = out_size
-    h, w = lr_size
     coord = make_coord((H, W), device=device).unsqueeze(0).expand(batch, H * W, 2)
-    cell = make_cell((H, W), device=device)
-    if clip:
-        cell = cell * cell_clip_factor(max(H / h, W / w), max_scale)
-    return coord, cell.unsqueeze(0).expand(batch, H * W, 2)
+    cy, cx = clipped_cell(out_size, lr_size, max_scale=max_scale, clip=clip)
+    cell = torch.tensor([cy, cx], device=device).view(1, 1, 2).expand(batch, H * W, 2)
+    return coord, cell
 
 
 def nearest_index(coord, size):
@@ -124,3 +122,47 @@ def parse_scale(text):
     if len(vals) == 1:
         vals = vals * 2
     return tuple(vals)
+
+
+# ---------------------------------------------------------------------------------------------------
+# target grids inside a (padded or tiled) LR frame: the only place query coordinates are computed
+# ---------------------------------------------------------------------------------------------------
+def target_axis(n_out, n_lr, n_frame, start=0, stop=None, origin=0, device=None):
+    """Centres of target pixels ``start .. stop-1`` of an ``n_out``-pixel axis over ``n_lr`` LR pixels,
+    in the (-1, 1) frame of ``n_frame`` LR pixels that begins ``origin`` LR pixels into the image
+    (padding at the end: window padding; ``origin`` > 0: a tile). Float32, shape (stop - start,).
+
+    Target pixel i has its centre at ``u = (i + 0.5) * n_lr / n_out`` LR pixels; in the frame that is
+    ``2 (u - origin) / n_frame - 1``. When the frame starts at 0 and its target grid
+    ``n_out * n_frame / n_lr`` has an integer size, the result is ``coord_axis`` of that grid, cropped
+    (bit-identical to the published protocol of querying the padded HR grid with ``make_coord``).
+    """
+    stop = n_out if stop is None else stop
+    full = n_out * n_frame / n_lr
+    if origin == 0 and abs(full - round(full)) < 1e-9:
+        return coord_axis(int(round(full)), device=device)[start:stop]
+    u = (torch.arange(start, stop, dtype=torch.float64, device=device) + 0.5) * (n_lr / n_out) - origin
+    return (2 * u / n_frame - 1).float()
+
+
+def target_range(lo, hi, n_out, n_lr):
+    """Target indices [i0, i1) whose centre ``(i + 0.5) n_lr / n_out`` lies in the LR interval [lo, hi)."""
+    def first_at_or_after(x):      # smallest i with (i + 0.5) * n_lr / n_out >= x
+        i = max(math.ceil(x * n_out / n_lr - 0.5) - 1, 0)
+        while i < n_out and (i + 0.5) * n_lr / n_out < x:
+            i += 1
+        return min(i, n_out)
+    return first_at_or_after(lo), first_at_or_after(hi)
+
+
+def clipped_cell(out_size, lr_size, frame_size=None, max_scale=4, clip=True):
+    """Cell (cy, cx) of an ``out_size`` target grid over ``lr_size`` LR pixels, in the units of a frame
+    of ``frame_size`` LR pixels (default: the LR image itself), with test-time cell clipping per axis
+    (``cell_clip_factor(H / h, max_scale)`` for rows, the same for columns) unless ``clip`` is False.
+    """
+    (H, W), (h, w) = out_size, lr_size
+    hf, wf = frame_size or lr_size
+    cy, cx = 2 / H * h / hf, 2 / W * w / wf
+    if clip:
+        cy, cx = cy * cell_clip_factor(H / h, max_scale), cx * cell_clip_factor(W / w, max_scale)
+    return cy, cx

@@ -10,7 +10,9 @@ Conventions:
   off into ``info.alpha``. The EXIF orientation is applied (``ImageOps.exif_transpose``).
 * Mode 'I' (32-bit int, which some formats use for 16-bit gray) is read as 16-bit data clipped to
   [0, 65535]; mode 'F' as intensities clipped to [0, 1] and stored at 16-bit precision.
-* PIL decodes 16-bit *colour* PNGs to 8 bits (it has no 48-bit mode), so they load as 8-bit data.
+* 16-bit *colour* PNGs (RGB / RGBA, 48 / 64 bits per pixel), which PIL can only decode to 8 bits, are
+  decoded here (``_read_png16``: zlib + the five PNG row filters) and keep their 16 bits (non-interlaced
+  files; an Adam7-interlaced one falls back to PIL's 8 bits).
 * Any problem reading or writing a file raises ``ImageError`` (a ValueError) whose one-line message
   names the path and the problem.
 """
@@ -18,6 +20,7 @@ import dataclasses
 import io
 import os
 import struct
+import warnings
 import zlib
 from typing import Optional
 
@@ -95,6 +98,127 @@ def _decode(im):
     return np.ascontiguousarray(arr), alpha
 
 
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def _png16_header(path):
+    """(width, height, colour type) of a non-interlaced 16-bit RGB/RGBA PNG, else None (cheap: 33 bytes)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(33)
+    except OSError:
+        return None
+    if len(head) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b'IHDR':
+        return None
+    w, h, depth, ctype, _, _, interlace = struct.unpack('>IIBBBBB', head[16:29])
+    if depth != 16 or ctype not in (2, 6) or interlace != 0:
+        return None
+    return w, h, ctype
+
+
+def _unfilter(raw, h, stride, bpp):
+    """Undo the PNG row filters of ``raw`` (h rows of 1 + stride bytes) -> uint8 array (h, stride)."""
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, stride + 1)
+    out = np.zeros((h, stride), dtype=np.uint8)
+    prior = np.zeros(stride, dtype=np.int32)
+    for y in range(h):
+        f, x = rows[y, 0], rows[y, 1:].astype(np.int32)
+        if f == 0:
+            cur = x
+        elif f == 1:      # Sub: running sum along each byte lane of a pixel
+            cur = np.cumsum(x.reshape(-1, bpp), axis=0).reshape(-1)
+        elif f == 2:      # Up
+            cur = x + prior
+        elif f in (3, 4):
+            cur = np.empty(stride, dtype=np.int32)
+            left = np.zeros(bpp, dtype=np.int32)
+            up_left = np.zeros(bpp, dtype=np.int32)
+            for i in range(0, stride, bpp):
+                up = prior[i:i + bpp]
+                if f == 3:       # Average
+                    v = (x[i:i + bpp] + (left + up) // 2) & 255
+                else:            # Paeth
+                    p = left + up - up_left
+                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
+                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+                    v = (x[i:i + bpp] + pred) & 255
+                cur[i:i + bpp] = v
+                left, up_left = v, up
+        else:
+            raise ImageError(f'invalid PNG filter type {f} in row {y}')
+        cur = cur & 255
+        out[y] = cur
+        prior = cur.astype(np.int32)
+    return out
+
+
+def _read_png16(path, w, h, ctype):
+    """Decode a non-interlaced 16-bit RGB (ctype 2) or RGBA (6) PNG -> (uint16 (H, W, 3), alpha or None)."""
+    channels = 3 if ctype == 2 else 4
+    if w < 1 or h < 1:
+        raise ImageError(f'{path}: invalid PNG size {w}x{h}')
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > 2 * limit:
+        raise ImageError(f'{path}: image too large ({w * h} pixels, more than twice the decompression-bomb '
+                         f'limit of {limit})')
+    with open(path, 'rb') as f:
+        data = f.read()
+    pos, idat = 8, []
+    while pos + 8 <= len(data):
+        length, tag = struct.unpack('>I4s', data[pos:pos + 8])
+        if pos + 12 + length > len(data):
+            raise ImageError(f'{path}: truncated PNG (chunk {tag!r} cut off)')
+        if tag == b'IDAT':
+            idat.append(data[pos + 8:pos + 8 + length])
+        elif tag == b'IEND':
+            break
+        pos += 12 + length
+    else:
+        raise ImageError(f'{path}: truncated PNG (no IEND chunk)')
+    stride = w * channels * 2
+    expected = h * (stride + 1)
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(b''.join(idat), expected)
+    except zlib.error as e:
+        raise ImageError(f'{path}: cannot decode image (corrupt PNG data: {e})') from None
+    if len(raw) < expected:
+        raise ImageError(f'{path}: truncated PNG image data ({len(raw)} of {expected} bytes)')
+    try:
+        flat = _unfilter(raw[:expected], h, stride, channels * 2)
+    except ImageError as e:
+        raise ImageError(f'{path}: cannot decode image ({e})') from None
+    arr = flat.view('>u2').reshape(h, w, channels).astype(np.uint16)
+    if channels == 4:
+        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+    return arr, None
+
+
+def read_size(path):
+    """(rows, cols) of an image file from its header, EXIF orientation applied, without decoding the pixels
+    (so that sizes can be checked before a large image is loaded). Raises ImageError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageError(f'{path}: file not found' if not os.path.exists(path) else f'{path}: not a regular file')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                try:
+                    if im.getexif().get(0x0112) in (5, 6, 7, 8):    # rotated by 90 degrees
+                        w, h = h, w
+                except Exception:   # a broken EXIF block: load_array ignores it too
+                    pass
+    except UnidentifiedImageError:
+        raise ImageError(f'{path}: not a recognised image (corrupt file or unsupported format)') from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f'{path}: image too large ({_one_line(e)})') from None
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise ImageError(f'{path}: cannot read the image header ({_one_line(e)})') from None
+    return h, w
+
+
 def load_array(path):
     """Decode an image file to a numpy array without converting to float.
 
@@ -109,8 +233,17 @@ def load_array(path):
         raise ImageError(f'{path}: is a directory, not an image file')
     if os.path.getsize(path) == 0:
         raise ImageError(f'{path}: empty file')
+    png16 = _png16_header(path)
+    if png16 is not None:        # 16-bit colour PNG: PIL would give 8 bits
+        arr, alpha = _read_png16(path, *png16)
+        alpha_t = None if alpha is None else array_to_tensor(alpha)[:1]
+        return arr, ImageInfo(mode='RGBA' if alpha is not None else 'RGB', bit_depth=16,
+                              has_alpha=alpha is not None, alpha=alpha_t)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            # sizes are checked against the available memory by the callers; PIL still refuses
+            # decompression bombs (DecompressionBombError) above twice its limit
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             im.load()
             mode = im.mode
             try:
@@ -160,17 +293,6 @@ def load_image(path):
     """
     arr, info = load_array(path)
     return array_to_tensor(arr), info
-
-
-def quantize(img, bit_depth=8):
-    """Clamp to [0, 1] and round to the nearest value representable with ``bit_depth`` bits (as float)."""
-    peak = (1 << bit_depth) - 1
-    return img.clamp(0, 1).mul(peak).round().div(peak)
-
-
-def to_uint8_tensor(img):
-    """Float image in [0, 1] -> uint8 tensor (clamp, x255, round half to even)."""
-    return img.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def _to_int_array(x, bit_depth, band=256):

@@ -1,2 +1,3 @@
-"""Implicit decoders (LIIF, LTE, MetaSR, LM-LIIF, LM-LTE) and their MLPs; shared machinery in ``implicit``."""
-from . import mlp, liif, lte, metasr, lmliif, lmlte  # noqa: F401
+"""Implicit decoders (LIIF, LTE, LTE-fast, MetaSR, CiaoSR, LM-LIIF, LM-LTE, LM-CiaoSR) and their MLPs; shared
+machinery in ``implicit``."""
+from . import mlp, liif, lte, metasr, lmliif, lmlte, ltefast, ciaosr, lmciaosr  # noqa: F401

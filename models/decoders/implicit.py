@@ -24,6 +24,7 @@ from torch import nn
 from utils.coords import coord_axis
 
 from .. import registry
+from ..capabilities import Capabilities, encoder_traits
 
 ENSEMBLE_OFFSETS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 EPS_SHIFT = 1e-6
@@ -105,7 +106,7 @@ class LRGrid:
         return self.pixels((coord + coord.new_tensor(shift)).clamp_(-CLAMP, CLAMP))
 
     def neighbours(self, coord, local_ensemble=True):
-        """The §0.4 ensemble geometry of queries (B, Q, 2); all K neighbours at once on (K, B, Q, 2)."""
+        """LIIF local-ensemble geometry (the 4 LR pixels around a query) of queries (B, Q, 2); all K on (K, B, Q, 2)."""
         if local_ensemble:
             shifted = (coord.unsqueeze(0) + self.ensemble_shifts).clamp_(-CLAMP, CLAMP)
         else:
@@ -115,6 +116,26 @@ class LRGrid:
         area = (rel[..., 0] * rel[..., 1]).abs_().add_(1e-9)
         weight = area.flip(0) / area.sum(0) if local_ensemble else area / area
         return Neighbours(index, rel, weight)
+
+    def axis_neighbours(self, values, axis, local_ensemble=True):
+        """Separable form of ``neighbours`` for a grid of queries, along one axis (0 rows, 1 columns).
+
+        ``values`` (n,) coordinates on that axis -> a list over the axis' ensemble shifts (-1, +1), or
+        one unshifted entry without the ensemble, of (pixel index (n,) long, rel (n,) in LR pixels),
+        computed with exactly the float operations of ``neighbours`` (same pixels, same rel values).
+        Only for the regular grid (``feat_coord`` None).
+        """
+        n_px = self.size[axis]
+        table = self.axis_y if axis == 0 else self.axis_x
+        shifts = [self.ensemble_shifts[0, 0, 0, axis], self.ensemble_shifts[-1, 0, 0, axis]] if local_ensemble \
+            else [None]
+        out = []
+        for s in shifts:
+            shifted = (values + s).clamp_(-CLAMP, CLAMP) if s is not None else values.clamp(-CLAMP, CLAMP)
+            pos = torch.round((shifted + 1).mul_(self.half[axis]).sub_(0.5))
+            idx = pos.clamp_(0, n_px - 1).long()
+            out.append((idx, (values - table[idx]).mul_(self.scale[axis])))
+        return out
 
     def relative_cell(self, cell):
         """cell (..., 2) in normalised units -> in LR pixels (2 / scale for a full grid)."""
@@ -155,8 +176,9 @@ class ImplicitDecoder(nn.Module):
 
     Subclasses implement ``prepare(inp, cell, inp_coord) -> state`` (encoder and per-image maps,
     computed once) and ``query(state, coord, cell) -> (B, Q, 3)``. ``forward`` runs both; in eval mode
-    the queries go in chunks of ``bsize`` (default ``eval_bsize``) so memory stays bounded for any
-    output size. Chunking never changes the result.
+    the queries go in chunks of ``bsize`` (default ``capabilities.chunk``) so memory stays bounded for
+    any output size. Chunking never changes the result. Rendering whole images (window padding, cell
+    clipping, tiling, CMSR) is the engine's job (``engine/render.py``), not the model's.
 
     Inputs and outputs are normalised as ``(x - 0.5) / 0.5``.
     """
@@ -165,10 +187,34 @@ class ImplicitDecoder(nn.Module):
     max_train_scale = 4
     #: Default number of queries per chunk in eval mode.
     eval_bsize = 65536
+    #: LR pixels a query reads beyond its own pixel: 1 for the ensemble neighbour, +1 for a 3x3 unfold or
+    #: 3x3 coef/freq convs, +1 margin (a generated 3x3 conv).
+    decoder_reach = 3
+    #: CMSR: modulated (LM) models only.
+    modulated = False
+    intensity_range = None
+    #: set on every registered subclass by the registry
+    registry_name = None
 
     def __init__(self, encoder_spec):
         super().__init__()
         self.encoder = registry.make(encoder_spec)
+
+    def preferred_chunk(self):
+        """Queries per ``query`` call the engine should use (results never depend on it)."""
+        return self.eval_bsize
+
+    @property
+    def capabilities(self):
+        window, radius = encoder_traits(self.encoder)
+        return Capabilities(kind='implicit', window=window, receptive_radius=radius,
+                            decoder_reach=self.decoder_reach, max_train_scale=self.max_train_scale,
+                            chunk=self.preferred_chunk(), modulated=self.modulated,
+                            intensity_range=self.intensity_range, name=self.registry_name)
+
+    def decoder_macs(self):
+        """(MACs per LR pixel, MACs per HR query) of the decoder, closed form (``models.complexity``)."""
+        return None
 
     def prepare(self, inp, cell=None, inp_coord=None):
         raise NotImplementedError
@@ -183,7 +229,7 @@ class ImplicitDecoder(nn.Module):
         state = self.prepare(inp, cell, inp_coord)
         if self.training:
             return self.query(state, coord, cell)
-        return chunked(lambda c, s: self.query(state, c, s), coord, cell, bsize or self.eval_bsize, progress)
+        return chunked(lambda c, s: self.query(state, c, s), coord, cell, bsize or self.preferred_chunk(), progress)
 
 
 def feat_coord_table(inp_coord, feat):

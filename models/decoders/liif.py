@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
+from ..complexity import linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, LRGrid, State, blend, flat_index, gather, pixel_table
 
@@ -27,12 +28,17 @@ class LIIF(ImplicitDecoder):
                  cmsr_spec=None):
         super().__init__(encoder_spec)
         self.local_ensemble, self.feat_unfold, self.cell_decode = local_ensemble, feat_unfold, cell_decode
-        # cmsr_spec: injected into every model by the published scripts (spec B2); no effect here.
+        # cmsr_spec: injected into every model by the published scripts (docs/deviations.md, B2); no effect here.
         if imnet_spec is not None:
             in_dim = self.encoder.out_dim * (9 if feat_unfold else 1) + 2 + (2 if cell_decode else 0)
             self.imnet = registry.make(imnet_spec, args={'in_dim': in_dim})
         else:
             self.imnet = None
+
+    def decoder_macs(self):
+        if self.imnet is None:
+            return 0, 0
+        return 0, (4 if self.local_ensemble else 1) * linear_macs(self.imnet.layers)
 
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)

@@ -6,65 +6,91 @@ which is the only network evaluated per HR query.
 
 Per-image state (``prepare``):
     ``mod`` table (B*h*w, M [+ latent]): hypernet output for every LR pixel, computed with the cell of
-    the first query (spec B13: all cells of a query set are equal in every published path).
+    the first query (docs/deviations.md, B13: all cells of a query set are equal in every published path).
 Per query (``query``):
     training mode -> explicit modulations gathered as full rows (autograd-friendly);
-    eval mode     -> ``query_fast``: modulations gathered one layer at a time, chunked by the caller.
+    eval mode     -> ``query_fast`` (chunked by the caller, ``capabilities.chunk`` queries per call).
+
+CMSR (multi-scale rendering driven by ``modulation_intensity``) is a rendering strategy of the engine
+(``engine/cmsr.py``); the model only exposes the intensity. ``cmsr_spec`` / ``mixed_le`` constructor
+arguments are accepted (published checkpoints carry them) and ignored.
 """
+import functools
+
 import torch
 
-from .. import cmsr, registry
+from .. import registry
+from ..complexity import linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, LRGrid, State, blend, feat_coord_table, flat_index, gather, pixel_table
 from .liif import unfold3x3
 
 
-class LMDecoder(ImplicitDecoder):
-    """Common parts of LM-LIIF and LM-LTE: hypernet, render MLP, training and fast query paths, CMSR."""
+def _cache_bytes(level):
+    """Size in bytes of the CPU's level-``level`` data/unified cache (sysfs), or None when unknown."""
+    try:
+        for idx in range(8):
+            base = f'/sys/devices/system/cpu/cpu0/cache/index{idx}/'
+            with open(base + 'level') as f:
+                if f.read().strip() != str(level):
+                    continue
+            with open(base + 'type') as f:
+                if f.read().strip() == 'Instruction':
+                    continue
+            with open(base + 'size') as f:
+                text = f.read().strip().upper()
+            mult = {'K': 1024, 'M': 1024 ** 2}.get(text[-1], 1)
+            return int(text.rstrip('KM')) * mult
+    except (OSError, ValueError):
+        pass
+    return None
 
-    #: Queries per chunk for the fast path (results do not depend on it). Small enough for the per-layer
-    #: working set (4 x 8192 rows x 32 floats) to stay in the CPU's L2/L3 caches: 3x faster than 65536.
-    eval_bsize = 8192
+
+@functools.lru_cache(maxsize=None)
+def machine_chunk(bytes_per_query, device_type='cpu'):
+    """Queries per render call for this machine, computed once per process from its cache sizes.
+
+    CPU: the largest power of two whose per-layer activation (``bytes_per_query`` each) fits in an
+    eighth of the last-level cache (L3; 8 x L2 when there is no L3; 4 MiB assumed when sysfs says
+    nothing), clamped to [4096, 65536]. Measured on a 2-core machine (512 KiB L2, 32 MiB L3): 16384
+    for LM-LIIF/LM-LTE, within noise of the best of 4096..65536. Accelerators: 2**20 (throughput grows
+    with the batch).
+    """
+    if device_type != 'cpu':
+        return 1 << 20
+    l3, l2 = _cache_bytes(3), _cache_bytes(2)
+    budget = l3 // 8 if l3 else (8 * l2 if l2 else 4 << 20)
+    n = 4096
+    while n * 2 * bytes_per_query <= budget and n < 65536:
+        n *= 2
+    return n
+
+
+class LMDecoder(ImplicitDecoder):
+    """Common parts of LM-LIIF and LM-LTE: hypernet, render MLP, training and fast query paths."""
+
+    modulated = True
+    intensity_range = (0.0, 1.0)
 
     def __init__(self, encoder_spec, cmsr_spec=None, mixed_le=None):
         super().__init__(encoder_spec)
-        # mixed_le: present in pre-release LMF configs and possibly in released checkpoints (spec B3).
-        self.cmsr_tables = None
-        self.cmsr_exact_grid = False
-        self.cmsr_stats = cmsr.RenderStats()
+        # cmsr_spec / mixed_le: present in published configs and checkpoints (docs/deviations.md, B2, B3); CMSR tables
+        # are an argument of the engine's CMSR strategy, never model state.
         self.render_dtype = torch.float32
         self._compiled_query = None
-        if cmsr_spec:   # the published scripts pass {'s2m_tables': ..., 'path': ..., ...}
-            tables = cmsr_spec.get('s2m_tables') or cmsr_spec.get('path')
-            if tables:
-                self.set_cmsr(tables)
 
-    def set_cmsr(self, tables, exact_grid=False):
-        """Enable CMSR with a table set (dict or YAML path); ``None`` disables it.
+    def preferred_chunk(self):
+        """Chunk from the machine's cache sizes (``machine_chunk``): the activation that passes through
+        every render layer is 4 neighbours x hd values per query."""
+        hd = self.imnet.hidden_dim
+        per_query = 4 * hd * torch.finfo(self.render_dtype).bits // 8
+        device = next(self.parameters()).device.type
+        return machine_chunk(per_query, device)
 
-        CMSR applies in eval mode to queries beyond the training range (Q > max_train_scale^2 * h * w).
-        ``exact_grid``: see ``cmsr.render`` (default: the published level grid).
-        """
-        self.cmsr_exact_grid = exact_grid
-        if tables is None:
-            self.cmsr_tables = None
-            return
-        self.cmsr_tables = (cmsr.load_tables(tables) if isinstance(tables, (str, bytes)) or hasattr(tables, '__fspath__')
-                            else cmsr.validate_tables(tables))
-
-    def uses_cmsr(self, inp, coord):
-        return (self.cmsr_tables is not None and not self.training and coord is not None
-                and coord.shape[1] > self.max_train_scale ** 2 * inp.shape[-2] * inp.shape[-1])
-
-    def forward(self, inp, coord=None, cell=None, bsize=None, inp_coord=None, progress=None):
-        if not self.uses_cmsr(inp, coord):
-            return super().forward(inp, coord, cell, bsize, inp_coord, progress)
-        outs = []
-        for b in range(inp.shape[0]):
-            state = self.prepare(inp[b:b + 1], cell[b:b + 1], None if inp_coord is None else inp_coord[b:b + 1])
-            outs.append(cmsr.render(self, state, coord[b:b + 1], self.cmsr_tables, bsize or self.eval_bsize,
-                                    self.cmsr_stats, self.cmsr_exact_grid))
-        return torch.cat(outs)
+    def modulation_intensity(self, state):
+        """Mean |shift modulation| per LR pixel, (B*h*w,): what CMSR compares with its thresholds."""
+        M = self.mod_dim
+        return state.mod[:, M // 2:M].abs().mean(dim=1)
 
     # ---- subclasses provide ----
     def render_input(self, state, idx, rel, rel_cell):
@@ -80,6 +106,19 @@ class LMDecoder(ImplicitDecoder):
 
     def skip(self, state, coord):
         return None
+
+    #: subclasses implementing ``layer0_grid`` answer whole query grids with ``query_grid``
+    grid_queries = False
+
+    def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
+        """Pre-activation of the render MLP's first layer for a band of a query grid, (K, G, r, W, hd).
+
+        ``pix`` (K, G, W): flat pixel index (batch offset included) of neighbour k for the g-th group
+        of r query rows sharing their pixel rows, at each of the W query columns; ``rel_y`` (K, G, r),
+        ``rel_x`` (K, W): relative coordinates; ``rel_cell`` (2,): the grid's relative cell.
+        Per-pixel terms are read once per group and broadcast over its r rows.
+        """
+        raise NotImplementedError
 
     # ---- shared ----
     @staticmethod
@@ -145,6 +184,110 @@ class LMDecoder(ImplicitDecoder):
         preds = self.imnet(self.render_input(state, idx, rel, rel_cell), gather(state.mod, idx))
         return self._finish(state, coord, preds, nb)
 
+    @property
+    def capabilities(self):
+        caps = super().capabilities
+        # torch.compile applies to the general fast path, which the engine then uses for grids too
+        return caps.replace(grid_queries=True) if self.grid_queries and self._compiled_query is None else caps
+
+    def query_grid(self, state, ys, xs, cell):
+        """Eval path for a grid of queries: ``ys`` (n,), ``xs`` (m,) coordinates (row, col), ``cell``
+        (B, 2) the same for every query -> (B, n, m, 3), equal (to float rounding) to ``query`` on the
+        meshgrid.
+
+        Query rows are grouped by the LR pixel rows their ensemble neighbours read; groups of equal
+        length r form bands in which every per-pixel quantity (layer-0 term, modulations) is gathered
+        once per (group, column) and broadcast over the r rows, so each layer is one dense product
+        over all K x rows x columns queries followed by in-place broadcast modulation and ReLU.
+        """
+        grid = state.grid
+        if grid.feat_coord is not None:       # irregular LR grid: not separable, use the general path
+            coord = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1).view(1, -1, 2)
+            B = cell.shape[0]
+            c = cell.view(B, 1, 2).expand(B, coord.shape[1], 2)
+            return self.query(state, coord.expand(B, -1, 2), c).view(B, ys.numel(), xs.numel(), 3)
+        h, w = grid.size
+        B, n, m = cell.shape[0], ys.numel(), xs.numel()
+        rows = grid.axis_neighbours(ys, 0, self.local_ensemble)
+        cols = grid.axis_neighbours(xs, 1, self.local_ensemble)
+        combos = [(a, b) for a in range(len(rows)) for b in range(len(cols))]   # (row shift, col shift), row outer
+        K = len(combos)
+        dt = self.render_dtype
+        tables = self.grid_tables(state)
+        hd = self.imnet.hidden_dim
+        rel_cells = grid.relative_cell(cell).to(dt)
+        rel_x = torch.stack([cols[b][1] for _, b in combos]).to(dt)                          # (K, W)
+        col_pix = torch.stack([cols[b][0] for _, b in combos])                               # (K, W)
+        # groups: runs of consecutive query rows whose neighbours read the same pixel rows; runs of
+        # equal length r are processed together (rows need not be adjacent), one band per length
+        key = rows[0][0] * (h + 1) + rows[-1][0]
+        counts = torch.unique_consecutive(key, return_counts=True)[1]
+        starts = torch.cumsum(counts, 0) - counts
+        bands = []
+        for r in torch.unique(counts).tolist():
+            first = starts[counts == r]
+            bands.append((r, first, (first.unsqueeze(1) + torch.arange(r, device=first.device)).reshape(-1)))
+        out = ys.new_empty(B, n, m, 3)
+        layers = [self.imnet.hidden(k) for k in range(self.imnet.hidden_depth)]
+        weights = [(layer.weight.to(dt).t(), layer.bias.to(dt)) for layer in layers]
+        last = self.imnet.layers[-1]
+        w_out, b_out = last.weight.to(dt).t(), last.bias.to(dt)
+        for bi in range(B):
+            for r, first, row_idx in bands:
+                G = first.numel()
+                row_pix = torch.stack([rows[a][0][first] for a, _ in combos])                # (K, G)
+                pix = (row_pix * w).unsqueeze(-1) + col_pix.unsqueeze(1) + bi * h * w          # (K, G, W)
+                ry = torch.stack([rows[a][1][row_idx] for a, _ in combos])                   # (K, G r)
+                rel_y = ry.view(K, G, r).to(dt)
+                x = self.layer0_grid(state, pix, rel_y, rel_x, rel_cells[bi])                 # (K, G, r, W, hd)
+                flat = pix.reshape(-1)
+                for k in range(len(layers)):
+                    if k > 0:     # the bias is folded into the shift table (``grid_tables``)
+                        x = torch.mm(x.view(-1, hd), weights[k][0]).view(K, G, r, m, hd)
+                    mk = tables[k].index_select(0, flat).view(K, G, 1, m, -1)
+                    if self.imnet.mod_scale:
+                        torch.addcmul(mk[..., hd:], x, mk[..., :hd], out=x)
+                    else:
+                        x.add_(mk)
+                    x.clamp_min_(0)
+                preds = torch.addmm(b_out, x.view(-1, hd), w_out).view(K, G, r, m, -1).float()
+                area = (ry.view(K, G * r, 1) * rel_x.float().view(K, 1, m)).abs_().add_(1e-9)  # (K, G r, W)
+                wgt = area.flip(0) / area.sum(0) if K > 1 else area / area
+                preds = preds.view(K, G * r, m, -1)
+                res = preds[0] * wgt[0].unsqueeze(-1)
+                for k in range(1, K):
+                    res = res + preds[k] * wgt[k].unsqueeze(-1)
+                skip = self.skip_grid(state, bi, ys[row_idx], xs)
+                out[bi, row_idx] = res if skip is None else res + skip
+        return out
+
+    def grid_tables(self, state):
+        """Per-layer per-pixel modulation tables for ``query_grid``, in the render precision, once per
+        image: ``[1 + s_k | b_k (1 + s_k) + t_k]`` (the layer bias folded into the shift, k >= 1; layer 0's
+        bias is part of ``layer0_grid``), or the single kind present. (P, 2hd) or (P, hd) each."""
+        key = f'grid_tables:{self.render_dtype}'
+        if key not in state:
+            imnet, tables = self.imnet, []
+            for k, t in enumerate(imnet.modulation_tables(state.mod)):
+                b = imnet.hidden(k).bias
+                if k > 0:
+                    if imnet.mod_scale and imnet.mod_shift:
+                        hd = imnet.hidden_dim
+                        t = torch.cat([t[:, :hd], torch.addcmul(t[:, hd:], t[:, :hd], b)], dim=1)
+                    elif imnet.mod_scale:
+                        t = torch.cat([t, t * b], dim=1)
+                    else:
+                        t = t + b
+                elif imnet.mod_scale and not imnet.mod_shift:
+                    t = torch.cat([t, torch.zeros_like(t)], dim=1)
+                tables.append(t.to(self.render_dtype).contiguous())
+            state[key] = tables
+        return state[key]
+
+    def skip_grid(self, state, b, ys, xs):
+        """The LR skip (if any) of image ``b`` on a query grid, (len(ys), len(xs), 3) or None."""
+        return None
+
     def query_fast(self, state, coord, cell):
         """Eval path: modulations gathered one layer at a time (the (queries x M) tensor is never built),
         and per-query terms computed once for the K neighbours."""
@@ -176,6 +319,10 @@ class LMLIIF(LMDecoder):
         hyper_out = self.mod_dim + (hd if mod_input else 0)
         self.hypernet = registry.make(hypernet_spec, args={'in_dim': hyper_in, 'out_dim': hyper_out})
 
+    def decoder_macs(self):
+        K = 4 if self.local_ensemble else 1
+        return linear_macs(self.hypernet.layers), K * linear_macs(self.imnet.layers)
+
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)
         B, C, h, w = feat.shape
@@ -198,18 +345,36 @@ class LMLIIF(LMDecoder):
             parts.append(rel_cell.repeat(rel.shape[0] // rel_cell.shape[0], 1))
         return torch.cat(parts, dim=-1)
 
+    grid_queries = True
+
+    def layer0_table(self, state):
+        """Per-LR-pixel part of the render MLP's first layer, ``latent @ W0[:, :d]^T + b0`` (P, hd),
+        computed once per image at LR resolution (float32, then cast to the render precision)."""
+        key = f'layer0:{self.render_dtype}'
+        if key not in state:
+            layer = self.imnet.layers[0]
+            d = state.latent.shape[1]
+            state[key] = torch.addmm(layer.bias, state.latent, layer.weight[:, :d].t()).to(self.render_dtype)
+        return state[key]
+
     def render_layer0(self, state, idx, rel, rel_cell):
-        # [latent | rel | cell] @ W0^T + b0 as separate products: no concatenated copy, and the cell
-        # term is computed once per query instead of once per neighbour
-        layer = self.imnet.layers[0]
-        latent = self.table(state, 'latent')
-        d = latent.shape[1]
-        W, b = layer.weight.to(rel.dtype), layer.bias.to(rel.dtype)
-        x = torch.mm(gather(latent, idx), W[:, :d].t())
+        # [latent | rel | cell] @ W0^T + b0: the per-pixel part read from ``layer0_table``, the rel term
+        # per query and neighbour, the cell term once per query
+        W = self.imnet.layers[0].weight.to(rel.dtype)
+        d = state.latent.shape[1]
+        x = gather(self.layer0_table(state), idx)
         x.addmm_(rel, W[:, d:d + 2].t())
         if self.cell_decode:
-            per_query = torch.addmm(b, rel_cell, W[:, d + 2:d + 4].t())
-        else:
-            per_query = b
-        x.view(-1, rel_cell.shape[0], x.shape[1]).add_(per_query)
+            x.view(-1, rel_cell.shape[0], x.shape[1]).add_(torch.mm(rel_cell, W[:, d + 2:d + 4].t()))
         return x
+
+    def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
+        K, G, r = rel_y.shape
+        m = rel_x.shape[1]
+        W = self.imnet.layers[0].weight.to(rel_y.dtype)
+        d = state.latent.shape[1]
+        base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, G, 1, m, -1)
+        base = base + rel_x.view(K, 1, 1, m, 1) * W[:, d + 1]
+        if self.cell_decode:
+            base.add_(torch.mv(W[:, d + 2:d + 4], rel_cell))
+        return base + rel_y.view(K, G, r, 1, 1) * W[:, d]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
+from ..complexity import conv_macs_per_pixel, linear_macs
 from ..registry import register
 from .implicit import LRGrid, State, feat_coord_table, gather
 from .lmliif import LMDecoder
@@ -21,6 +22,8 @@ class LMLTE(LMDecoder):
     ``imphase(rel_cell)``. A bilinear LR skip is added after the blend.
 
     ``cell_decode=False`` (no published config uses it) drops both phase terms."""
+
+    intensity_range = (0.0, 0.5)     # CMSR intensity buckets (published)
 
     def __init__(self, encoder_spec, imnet_spec=None, hypernet_spec=None, hidden_dim=128, local_ensemble=True,
                  cell_decode=True, mod_input=False, cmsr_spec=None, mixed_le=None):
@@ -38,6 +41,15 @@ class LMLTE(LMDecoder):
                                                            'out_dim': self.mod_dim + (2 * hd if mod_input else 0)})
         if mod_input:
             self.imphase = nn.Linear(2, hd // 2, bias=False)
+
+    def decoder_macs(self):
+        K = 4 if self.local_ensemble else 1
+        phase = self.phase.in_features * self.phase.out_features
+        per_lr = conv_macs_per_pixel(self.coef) + conv_macs_per_pixel(self.freq) + phase + \
+            linear_macs(self.hypernet.layers)
+        render_phase = self.imphase if self.mod_input else self.phase
+        per_hr = K * (render_phase.in_features * render_phase.out_features + linear_macs(self.imnet.layers))
+        return per_lr, per_hr
 
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)
@@ -73,6 +85,28 @@ class LMLTE(LMDecoder):
             g.view(-1, rel_cell.shape[0], n).add_(F.linear(rel_cell, layer.weight.to(rel_cell.dtype)))
         g.mul_(math.pi)
         return torch.cat([torch.cos(g), torch.sin(g)], dim=1).mul_(amp)
+
+    grid_queries = True
+
+    def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
+        K, G, r = rel_y.shape
+        m = rel_x.shape[1]
+        t = self.table(state, 'basis').index_select(0, pix.reshape(-1)).view(K, G, 1, m, -1)
+        n = t.shape[-1] // 4
+        amp, fy, fx = t[..., :2 * n], t[..., 2 * n:3 * n], t[..., 3 * n:]
+        g = fy * rel_y.view(K, G, r, 1, 1)
+        g.addcmul_(fx, rel_x.view(K, 1, 1, m, 1))
+        if self.cell_decode:
+            layer = self.imphase if self.mod_input else self.phase
+            g.add_(F.linear(rel_cell, layer.weight.to(rel_cell.dtype)))
+        g.mul_(math.pi)
+        x = torch.cat([torch.cos(g), torch.sin(g)], dim=-1).mul_(amp)
+        layer = self.imnet.hidden(0)
+        return F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+
+    def skip_grid(self, state, b, ys, xs):
+        coord = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1).view(1, -1, 2)
+        return bilinear_skip(state.inp[b:b + 1], coord).view(ys.numel(), xs.numel(), -1)
 
     def render_layer0(self, state, idx, rel, rel_cell):
         layer = self.imnet.hidden(0)

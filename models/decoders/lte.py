@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
+from ..complexity import conv_macs_per_pixel, linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, LRGrid, State, blend, flat_index, gather, pixel_table
 
@@ -41,6 +42,11 @@ class LTE(ImplicitDecoder):
         self.freq = nn.Conv2d(c, hidden_dim, 3, padding=1)
         self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
         self.imnet = registry.make(imnet_spec, args={'in_dim': hidden_dim})
+
+    def decoder_macs(self):
+        per_lr = conv_macs_per_pixel(self.coef) + conv_macs_per_pixel(self.freq)
+        per_hr = 4 * (self.phase.in_features * self.phase.out_features + linear_macs(self.imnet.layers))
+        return per_lr, per_hr
 
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = self.encoder(inp)

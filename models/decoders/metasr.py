@@ -2,6 +2,7 @@
 import torch
 
 from .. import registry
+from ..complexity import linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, LRGrid, State, flat_index, gather, pixel_table
 from .liif import unfold3x3
@@ -20,6 +21,9 @@ class MetaSR(ImplicitDecoder):
         if imnet_spec is None:
             imnet_spec = {'name': 'mlp', 'args': {'hidden_list': [256]}}
         self.imnet = registry.make(imnet_spec, args={'in_dim': 3, 'out_dim': c9 * 3})
+
+    def decoder_macs(self):
+        return 0, linear_macs(self.imnet.layers) + self.imnet.out_dim    # weight generation + (9C x 3) product
 
     def prepare(self, inp, cell=None, inp_coord=None):
         feat = unfold3x3(self.encoder(inp))

@@ -55,7 +55,7 @@ class LMMLP(nn.Module):
         super().__init__()
         if use_conv:
             raise NotImplementedError('lmmlp(use_conv=True) is not used by any published config')
-        # mod_up_merge is forced False by every LM model; its published variant drops the "+1" (spec B6).
+        # mod_up_merge is forced False by every LM model; its published variant drops the "+1" (docs/deviations.md, B6).
         self.in_dim, self.out_dim = in_dim, out_dim
         self.hidden_dim, self.hidden_depth = hidden_dim, hidden_depth
         self.mod_scale, self.mod_shift = mod_scale, mod_shift

@@ -5,7 +5,7 @@ MLP ratio 2, stochastic depth 0.1) with upsampler 'none' followed by a 3x3 conv 
 LeakyReLU of slope 0.01. Like the published factory it ignores ``no_upsampling``.
 
 Input sizes that are not multiples of the window are reflect-padded at the bottom/right and the
-features are **not** cropped back (published behaviour, spec B14): evaluate with window padding
+features are **not** cropped back (published behaviour, docs/deviations.md, B14): evaluate with window padding
 (``test.py --window 8``), which makes the padded size explicit.
 """
 import torch

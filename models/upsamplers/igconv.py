@@ -2,7 +2,7 @@
 
 IGConv keeps the computation of a sub-pixel convolution (SPConv: one k x k conv C -> 3r^2, then
 PixelShuffle(r)) but *generates* its weight for any integer scale r with a small coordinate-based
-hypernetwork queried at the r x r grid of sub-pixel positions (spec ``igconv.md`` §2).
+hypernetwork queried at the r x r grid of sub-pixel positions.
 
 Conventions
 -----------

@@ -1,4 +1,4 @@
-"""IGSample: the input-dependent resampling skip of IGConv+ (spec ``igconv.md`` §3.2).
+"""IGSample: the input-dependent resampling skip of IGConv+.
 
 A DySample-style learned resampling of the LR image: a second implicit-grid hypernetwork (``convs``,
 grouped in two: an "offset" head and a "scope" head) generates a conv weight (12 r^2, C, k, k); the conv

@@ -1,4 +1,4 @@
-"""Frequency (FFT) L1 loss of IGConv+ (spec ``igconv.md`` §3.1).
+"""Frequency (FFT) L1 loss of IGConv+ (unnormalised, as published: docs/deviations.md, I15).
 
 ``L_FFT = mean |stack(Re, Im)(rfft2(sr)) - stack(Re, Im)(rfft2(hr))|``: 2-D real FFT over the last two
 axes, PyTorch's default ("backward", i.e. unnormalised) forward transform, L1 averaged over every

@@ -7,7 +7,8 @@ Registered names (all build :class:`IGConvSR`; ``models.make({'name': ..., 'args
 ``igconv-edsr-baseline``        EDSR-baseline (64 ch, 16 res-blocks, no upsampling) + IGConv
 ``igconv-plus-edsr-baseline``   the same, IGConv+ (FGRep + IGSample; train with the FFT loss)
 ``igconv-rdn`` / ``igconv-plus-rdn``        RDN (G0 64, config B)
-``igconv-swinir`` / ``igconv-plus-swinir``  SwinIR (classical, 180 ch) whose 64-ch output feeds IGConv
+``igconv-swinir`` / ``igconv-plus-swinir``  SwinIR (classical): its 180-ch ``conv_after_body(...) + x``
+                                            feeds IGConv (as published; encoder ``swinir-body``)
 ==============================  ==============================================================
 
 The convenience names take ``encoder_args`` (overrides of the encoder's arguments, e.g.
@@ -15,7 +16,7 @@ The convenience names take ``encoder_args`` (overrides of the encoder's argument
 
 Normalisation: like every model of this code base the input and the output are ``(x - 0.5) / 0.5``;
 IGSample resamples the normalised LR image (it is linear in the image, so this only shifts a constant),
-and nothing else changes compared with the official DIV2K-mean normalisation (spec §8.1).
+and nothing else changes compared with the official DIV2K-mean normalisation (docs/deviations.md, "Our own choices").
 
 IGConv models are *fixed-grid*: only integer scales, the same for rows and columns
 (``integer_scales_only = True``; :func:`check_integer_scale` refuses the rest).
@@ -28,6 +29,8 @@ from torch import nn
 from utils.coords import make_coord, nearest_index
 
 from .. import registry
+from ..capabilities import Capabilities, encoder_traits
+from ..encoders.swinir import SwinIR
 from ..registry import register
 from .igconv import IntegerScaleError, check_integer_scale
 
@@ -59,13 +62,22 @@ def scale_from_cell(cell, lr_size, n_queries=None, tol=1e-3):
     return check_integer_scale(sh, sw, tol)
 
 
+def check_grid_size(size, lr_size):
+    """The integer scale r of a target ``size`` (H, W) = (r h, r w); ``IntegerScaleError`` otherwise."""
+    (H, W), (h, w) = size, lr_size
+    r = check_integer_scale(H / h, W / w)
+    if H != r * h or W != r * w:
+        raise IntegerScaleError(f'IGConv produces integer multiples of the input size; {H}x{W} is not '
+                                f'{r} x {h}x{w}')
+    return r
+
+
 def match_feature_size(encoder, inp, feat):
     """The image at the feature map's size (SwinIR pads its input to the window and keeps the padding)."""
     if inp.shape[-2:] == feat.shape[-2:]:
         return inp
-    pad = getattr(encoder, 'pad_to_window', None)
-    if pad is not None:
-        padded = pad(inp)
+    if encoder_traits(encoder)[0]:        # window-attention encoders (SwinIR) pad to their window
+        padded = encoder.pad_to_window(inp)
         if padded.shape[-2:] == feat.shape[-2:]:
             return padded
     raise RuntimeError(f'encoder output size {tuple(feat.shape[-2:])} does not match the input '
@@ -78,13 +90,13 @@ class IGConvSR(nn.Module):
 
     Args:
         encoder_spec: a ``no_upsampling`` encoder spec, e.g. ``{'name': 'edsr-baseline', 'args':
-            {'no_upsampling': True}}``; its ``out_dim`` is the C fed to IGConv. (SwinIR: our encoder ends
-            with a 180 -> 64 conv + LeakyReLU, so C = 64; the official SwinIR-IGConv reads the 180-ch
-            ``conv_after_body`` output instead.)
+            {'no_upsampling': True}}``; its ``out_dim`` is the C fed to IGConv. (SwinIR: the convenience
+            names use ``swinir-body``, the 180-ch ``conv_after_body`` output, as the official SwinIR-IGConv;
+            the LIIF ``swinir`` encoder would give 64 ch after its extra conv + LeakyReLU.)
         upsampler_spec: optional ``{'name': 'igconv', 'args': {...}}`` overriding IGConv's arguments
             (official names: kernel_size, implicit_dim, latent_layers, geo_ensemble, max_s); ``dim`` is
             always the encoder's ``out_dim``, ``geo_ensemble`` defaults to ``plus``.
-        plus: IGConv+ (spec §3): FGRep + IGSample skip (train with ``fft_l1_loss``, weight
+        plus: IGConv+: FGRep + IGSample skip (train with ``fft_l1_loss``, weight
             ``fft_loss_weight`` = 0.05).
         skip_spec: optional ``{'name': 'igsample', 'args': {...}}`` overrides (only with ``plus``);
             ``kernel_size``, ``max_s`` and ``geo_ensemble`` default to the upsampler's.
@@ -96,6 +108,18 @@ class IGConvSR(nn.Module):
 
     #: Fixed-grid model: integer, isotropic scales only (callers check with ``check_integer_scale``).
     integer_scales_only = True
+
+    @property
+    def capabilities(self):
+        window, radius = encoder_traits(self.encoder)
+        return Capabilities(kind='grid', integer_scales_only=True, window=window, receptive_radius=radius,
+                            decoder_reach=3, name='igconv-sr')
+
+    def upscale_grid(self, inp, size):
+        """Grid protocol: (B, 3, h, w) -> (B, 3, H, W) with H = r h, W = r w for an integer r."""
+        h, w = inp.shape[-2:]
+        r = check_grid_size(size, (h, w))
+        return self.upsample(inp, r)
 
     def __init__(self, encoder_spec, upsampler_spec=None, plus=False, skip_spec=None):
         super().__init__()
@@ -191,6 +215,20 @@ class InstantiatedIGConvSR(nn.Module):
 
     integer_scales_only = True
 
+    @property
+    def capabilities(self):
+        window, radius = encoder_traits(self.encoder)
+        return Capabilities(kind='grid', integer_scales_only=True, scales=(self.scale,), window=window,
+                            receptive_radius=radius, decoder_reach=3,
+                            name='igconv-sr-instantiated')
+
+    def upscale_grid(self, inp, size):
+        """Grid protocol at the one instantiated scale."""
+        r = check_grid_size(size, inp.shape[-2:])
+        if r != self.scale:
+            raise ValueError(f'this model was instantiated for x{self.scale}, got x{r}')
+        return self.forward(inp)
+
     def __init__(self, encoder, upsampler, skip, scale):
         super().__init__()
         self.encoder, self.upsampler, self.skip, self.scale = encoder, upsampler, skip, int(scale)
@@ -207,12 +245,30 @@ class InstantiatedIGConvSR(nn.Module):
         return out[..., :r * h, :r * w]
 
 
+# ---- SwinIR as IGConv reads it: the 180-ch body output, no 64-ch conv_before_upsample ----
+
+@register('swinir-body')
+class SwinIRBody(SwinIR):
+    """SwinIR classical (embed 180, 6 x 6 RSTB, window 8), features ``conv_after_body(body(x)) + x`` with
+    ``embed_dim`` channels: what the published SwinIR-IGConv feeds its upsampler. Input
+    reflect-padded to the window (features keep the padding, like ``swinir``); ``out_dim`` = 180."""
+
+    def __init__(self, no_upsampling=True):
+        super().__init__()
+        del self.conv_before_upsample
+        self.out_dim = self.conv_after_body.out_channels
+
+    def forward(self, x):
+        x = self.conv_first(self.pad_to_window(x))
+        return self.conv_after_body(self.forward_features(x)) + x
+
+
 # ---- convenience names: one encoder each, plain and plus ----
 
 _ENCODERS = {
     'edsr-baseline': {'name': 'edsr-baseline', 'args': {'no_upsampling': True}},
     'rdn': {'name': 'rdn', 'args': {'no_upsampling': True}},
-    'swinir': {'name': 'swinir', 'args': {'no_upsampling': True}},
+    'swinir': {'name': 'swinir-body', 'args': {'no_upsampling': True}},
 }
 
 

@@ -1,0 +1,285 @@
+"""One-call Python API: ``upscale(image, scale=None, size=None, model=DEFAULT)``.
+
+    >>> from api import upscale
+    >>> big = upscale('photo.png', scale=3.5)                  # writes photo_x3.5.png, returns its path
+    >>> upscale('photo.png', size=(1080, 1920), output='hd.png')
+    >>> pil_out = upscale(Image.open('photo.png'), scale=2)     # PIL in, PIL out
+    >>> arr_out = upscale(np.asarray(img), scale=(3, 2))        # numpy in (rows x3, cols x2), numpy out
+    >>> t = upscale(torch.rand(3, 40, 60), scale=4)             # float tensor (3, h, w) or (B, 3, h, w) in [0, 1]
+
+The result has the kind of the input:
+
+* a path (str or ``os.PathLike``) -> the path of the written image (``output``, default
+  ``<input stem>_x<scale>.png`` (``_<H>x<W>`` with ``size``) beside the input). Identical to
+  ``demo.py --input ... --output ...`` (same loading, EXIF orientation, gray / alpha / 16-bit handling,
+  rendering and saving);
+* a PIL image -> a PIL image (gray stays gray, alpha is upscaled with bicubic and kept, 16-bit gray
+  stays 16-bit; palette and other modes become RGB(A));
+* a numpy array (H, W), (H, W, 3) or (H, W, 4), uint8 / uint16 / float in [0, 1] -> an array of the same
+  dtype and channel layout;
+* a float tensor (3, h, w) or (B, 3, h, w) in [0, 1] -> a float tensor (3, H, W) / (B, 3, H, W) in [0, 1].
+
+``scale``: a number >= 1, a (rows, cols) pair or a string ('3.5', '3,2'); ``size``: (H, W) in pixels;
+give exactly one (the output size is ``floor(h * scale + 1e-9)``, as in ``demo.py``). ``model``: a
+checkpoint path (.pth or .safetensors; a bare file name is looked up in ``save/pretrained_models/``),
+``'bicubic'`` or a model object (e.g. from ``torch.hub.load``); default the bundled LM-LIIF. Loaded
+checkpoints are cached per (path, device). ``device``: None (CUDA, else MPS, else CPU), 'cpu', 'cuda',
+'cuda:N' or 'mps'. ``tile``: 'auto' (inputs above 512x512 with CNN encoders are encoded in exact tiles of
+256 LR pixels), None / 0 (off) or a tile size. Errors are ``ValueError``s with a one-line message.
+"""
+import math
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+BUNDLED = os.path.join(ROOT, 'save', 'pretrained_models')
+DEFAULT = os.path.join(BUNDLED, 'edsr-b_lm-liif.safetensors')
+_FALLBACK = os.path.join(BUNDLED, 'edsr-b_lm-liif.pth')
+
+__all__ = ['upscale', 'load', 'DEFAULT']
+
+_CACHE = {}
+
+
+def _default_path():
+    return DEFAULT if os.path.exists(DEFAULT) or not os.path.exists(_FALLBACK) else _FALLBACK
+
+
+def load(model=None, device='cpu'):
+    """(model in eval mode on ``device``, checkpoint dict or None) for a path, a bare bundled name,
+    'bicubic' or None (the default model); cached."""
+    from engine import cli
+    path = _default_path() if model is None else os.fspath(model)
+    if path != 'bicubic':
+        if not os.path.exists(path) and os.path.dirname(path) == '' and os.path.exists(os.path.join(BUNDLED, path)):
+            path = os.path.join(BUNDLED, path)
+        path = os.path.abspath(cli.resolve_model_path(path))
+    key = (path, str(device))
+    if key not in _CACHE:
+        _CACHE[key] = cli.load_model(path, device, 'api')
+    return _CACHE[key]
+
+
+def _target_size(h, w, scale, size):
+    from utils.coords import parse_scale
+    from utils.validate import output_size, size_text
+    if (scale is None) == (size is None):
+        raise ValueError('upscale: give exactly one of scale and size')
+    if size is not None:
+        if isinstance(size, str):
+            size = size_text(size, 'size', order='HxW')
+        try:
+            H, W = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ValueError(f'upscale: size must be (height, width) in pixels, got {size!r}') from None
+        if H < 1 or W < 1 or (H, W) != tuple(size):
+            raise ValueError(f'upscale: size must be two positive integers (height, width), got {size!r}')
+        return output_size((h, w), size=(H, W))
+    if isinstance(scale, str):
+        sy, sx = parse_scale(scale)
+        text = scale
+    else:
+        try:
+            sy, sx = (float(scale[0]), float(scale[1])) if isinstance(scale, (tuple, list)) else (float(scale),) * 2
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(f'upscale: scale must be a number, a (rows, cols) pair or a string, got {scale!r}') \
+                from None
+        if isinstance(scale, (tuple, list)) and len(scale) != 2:
+            raise ValueError(f'upscale: a scale pair must be (rows, cols), got {scale!r}')
+        if not (math.isfinite(sy) and math.isfinite(sx)):
+            raise ValueError(f'upscale: scale must be finite, got {scale!r}')
+        text = f'{sy:g}' if sy == sx else f'{sy:g},{sx:g}'
+    return output_size((h, w), scale=(sy, sx), scale_text=text)
+
+
+def _render(img, size, model, ckpt, device, tile):
+    """img (B, 3, h, w) in [0, 1] on the CPU -> (B, 3, H, W) in [0, 1] on the CPU; demo.py's rendering."""
+    import torch
+    from engine import cli
+    from engine.inference import Upscaler, exact_overlap
+    h, w = img.shape[-2:]
+    encoder = getattr(model, 'encoder', None)
+    window = getattr(encoder, 'window_size', 0)
+    check = getattr(model, 'check_scale', None)
+    if check is not None:
+        check(size[0] / h, size[1] / w)
+    if tile == 'auto':
+        exact = exact_overlap(model) if encoder is not None else None
+        tile = 256 if (h * w > 512 * 512 and exact is not None) else None
+    elif not tile:
+        tile = None
+    elif not (isinstance(tile, int) and tile > 0):
+        raise ValueError(f"upscale: tile must be 'auto', None/0 or a positive number of LR pixels, got {tile!r}")
+    upscaler = Upscaler(model, tile=tile, window=window, max_train_scale=cli.max_train_scale(model, ckpt))
+    out = upscaler(img.to(device), size).cpu()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError('upscale: the model predicted non-finite values (NaN/inf); its weights are broken')
+    return out
+
+
+def _alpha(alpha, size):
+    from utils.imresize import imresize
+    return imresize(alpha.unsqueeze(0).double(), size=size)[0].float().clamp(0, 1)
+
+
+def _gray(x):
+    """(3, H, W) -> (1, H, W) as ``utils.image.save_image`` makes gray outputs."""
+    import torch
+    if torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]):
+        return x[:1]
+    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+
+
+def _quantise(x, bit_depth):
+    """float (C, H, W) in [0, 1] -> uint array (H, W, C), as ``save_image`` rounds."""
+    peak = (1 << bit_depth) - 1
+    arr = x.clamp(0, 1).mul(peak).round().permute(1, 2, 0).numpy()
+    return arr.astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def upscale(image, scale=None, size=None, model=None, *, output=None, device=None, tile='auto'):
+    """Upscale ``image`` by ``scale`` or to ``size`` with ``model``; see the module docstring."""
+    import torch
+    from engine import cli
+    from utils.image import ImageError
+
+    if (scale is None) == (size is None):
+        raise ValueError('upscale: give exactly one of scale and size')
+    if model is None or isinstance(model, (str, os.PathLike)):
+        dev = cli.choose_device(device, None, 'api')
+        net, ckpt = load(model, dev)
+    elif isinstance(model, torch.nn.Module):
+        net, ckpt = model.eval(), None
+        dev = str(next(iter(net.parameters()), torch.empty(0)).device) if device is None else \
+            cli.choose_device(device, None, 'api')
+        net = net.to(dev)
+    else:
+        raise ValueError(f'upscale: model must be a checkpoint path, "bicubic" or a model of this repository, '
+                         f'got {type(model).__name__}')
+
+    with torch.no_grad():
+        if isinstance(image, (str, os.PathLike)):
+            return _upscale_file(os.fspath(image), scale, size, net, ckpt, dev, tile, output)
+        if output is not None:
+            raise ValueError('upscale: output is only used with a path input')
+        if isinstance(image, torch.Tensor):
+            return _upscale_tensor(image, scale, size, net, ckpt, dev, tile)
+        if isinstance(image, np.ndarray):
+            return _upscale_array(image, scale, size, net, ckpt, dev, tile)
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow is a requirement
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            return _upscale_pil(image, scale, size, net, ckpt, dev, tile)
+    raise ImageError(f'upscale: image must be a path, a PIL image, a numpy array or a tensor, '
+                     f'got {type(image).__name__}')
+
+
+def _default_output(path, scale, size):
+    stem = os.path.splitext(path)[0]
+    if size is not None:
+        tag = f'{size[0]}x{size[1]}' if not isinstance(size, str) else size
+    elif isinstance(scale, (tuple, list)):
+        tag = 'x' + ','.join(f'{float(s):g}' for s in scale)
+    else:
+        tag = f'x{scale}' if isinstance(scale, str) else f'x{float(scale):g}'
+    return f'{stem}_{tag}.png'
+
+
+def _upscale_file(path, scale, size, model, ckpt, device, tile, output):
+    from utils.image import load_image, save_image
+    from utils.validate import input_file, output_file
+    input_file(path, 'image')
+    output = _default_output(path, scale, size) if output is None else os.fspath(output)
+    output_file(output, 'output', inputs=(path,))
+    from utils.image import SAVE_FORMATS
+    ext = os.path.splitext(output)[1].lower()
+    if ext not in SAVE_FORMATS:
+        raise ValueError(f'upscale: output {output}: unsupported extension {ext or "(none)"!r}; use one of '
+                         f'{", ".join(SAVE_FORMATS)}')
+    img, info = load_image(path)
+    h, w = img.shape[-2:]
+    H, W = _target_size(h, w, scale, size)
+    out = _render(img.unsqueeze(0), (H, W), model, ckpt, device, tile)[0]
+    alpha = _alpha(info.alpha, (H, W)) if info.alpha is not None else None
+    bit_depth = info.bit_depth if ext == '.png' else 8
+    save_image(output, out, bit_depth=bit_depth, alpha=alpha, mode_hint=info.mode)
+    return output
+
+
+def _upscale_tensor(t, scale, size, model, ckpt, device, tile):
+    import torch
+    if not t.is_floating_point() or t.dim() not in (3, 4) or t.shape[-3] != 3:
+        raise ValueError(f'upscale: a tensor image must be float (3, h, w) or (B, 3, h, w) in [0, 1], got '
+                         f'{t.dtype} {tuple(t.shape)}')
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError('upscale: the image tensor holds NaN or infinite values')
+    x = t.detach().float().cpu()
+    x = x.unsqueeze(0) if x.dim() == 3 else x
+    H, W = _target_size(*x.shape[-2:], scale, size)
+    out = _render(x, (H, W), model, ckpt, device, tile).to(t.dtype)
+    return out[0] if t.dim() == 3 else out
+
+
+def _upscale_array(arr, scale, size, model, ckpt, device, tile):
+    import torch
+    from utils.image import array_to_tensor
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ValueError(f'upscale: an array image must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}')
+    kind = arr.dtype
+    if kind == np.uint8 or kind == np.uint16:
+        ints = arr if arr.flags.writeable else arr.copy()
+    elif np.issubdtype(kind, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError('upscale: the array holds NaN or infinite values')
+        ints = None
+    else:
+        raise ValueError(f'upscale: array dtype must be uint8, uint16 or float (in [0, 1]), got {kind}')
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    has_alpha = channels == 4
+    if ints is not None:
+        x = array_to_tensor(ints[..., :3] if has_alpha else ints)
+        a = array_to_tensor(ints[..., 3])[:1] if has_alpha else None
+    else:
+        f = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).clamp(0, 1)
+        f = f.unsqueeze(-1) if f.dim() == 2 else f
+        x = f[..., :3].permute(2, 0, 1).expand(3, -1, -1).contiguous()
+        a = f[..., 3].unsqueeze(0) if has_alpha else None
+    h, w = x.shape[-2:]
+    H, W = _target_size(h, w, scale, size)
+    out = _render(x.unsqueeze(0), (H, W), model, ckpt, device, tile)[0]
+    if channels == 1 or arr.ndim == 2:
+        out = _gray(out)
+    if a is not None:
+        out = torch.cat([out, _alpha(a, (H, W))])
+    if ints is not None:
+        res = _quantise(out, 16 if kind == np.uint16 else 8)
+    else:
+        res = out.permute(1, 2, 0).numpy().astype(kind)
+    if arr.ndim == 2:
+        res = res[..., 0]
+    return res
+
+
+def _upscale_pil(im, scale, size, model, ckpt, device, tile):
+    from PIL import Image
+    from utils.image import GRAY_MODES, _decode, array_to_tensor
+    mode = im.mode
+    arr, alpha = _decode(im)
+    x = array_to_tensor(arr)
+    h, w = x.shape[-2:]
+    H, W = _target_size(h, w, scale, size)
+    out = _render(x.unsqueeze(0), (H, W), model, ckpt, device, tile)[0]
+    gray = mode in GRAY_MODES
+    bits = 16 if (gray and arr.dtype.itemsize == 2) else 8     # PIL has no 16-bit colour mode
+    if gray:
+        out = _gray(out)
+    q = _quantise(out, bits)
+    if alpha is not None:        # 'LA' / 'RGBA' (8-bit: PIL has no 16-bit mode with alpha)
+        a = _quantise(_alpha(array_to_tensor(alpha)[:1], (H, W)), 8)
+        return Image.fromarray(np.concatenate([q, a], axis=-1), 'LA' if gray else 'RGBA')
+    if bits == 16:
+        return Image.frombytes('I;16', (W, H), q[..., 0].astype('<u2').tobytes())
+    return Image.fromarray(q[..., 0] if gray else q, 'L' if gray else 'RGB')

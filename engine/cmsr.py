@@ -1,0 +1,384 @@
+"""CMSR: Controllable Multi-Scale Rendering for LM models (LMF), a rendering strategy.
+
+The *modulation intensity* of an LR pixel is the mean absolute value of its shift modulations
+(``model.modulation_intensity(state)``, the capability protocol of ``modulated`` models). Smooth
+regions have low intensity and can be rendered at a lower resolution and bilinearly upsampled. A
+*Scale2Mod table* maps each decode scale to the largest intensity that may be rendered at that scale;
+a *table set* maps target scales to tables::
+
+    {8: {1: 0.33, 2: 0.38, 4: 0.56, 6: 0.6, 8: 1}, 12: {...}, ...}
+
+Tables are data passed to the CMSR strategy (``engine.render.CMSR``), never model state. Files written
+by ``init_cmsr.py`` record the model they were built for under the reserved key ``model``; loading them
+for another model kind is refused (files without it, like the published ones, are accepted).
+
+Thresholds are in the units of the modulations themselves. ``build_table`` (used by ``init_cmsr.py``)
+measures errors in the models' normalised output space ([-1, 1]); an MSE threshold ``t`` there is
+``t / 4`` in [0, 1] pixel units (2e-5 normalised = 5e-6 in [0, 1], i.e. about 53 dB PSNR).
+
+Rendering (``render``) follows the published algorithm with its edge cases fixed (docs/deviations.md, B11):
+batch > 1 is handled image by image, levels that select nothing are skipped, and the result is
+always resampled to the exact target grid. Coordinates are (row, col) in the (-1, 1) frame of the
+(padded) LR input; images are normalised ``(x - 0.5) / 0.5``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from models.decoders.implicit import chunked
+from utils.config import load_yaml
+from utils.coords import cell_clip_factor, make_coord, nearest_index
+from utils.io import atomic_write
+
+#: Decode scales a new table starts from (published ``init_cmsr.py``).
+INITIAL_SCALES = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+#: Reserved top-level key of a table file: the registered name of the model the tables were built for.
+MODEL_KEY = 'model'
+
+
+class CMSRError(ValueError):
+    """A Scale2Mod table file is missing or malformed, or CMSR was asked of a model without it."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------------
+def _number(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CMSRError(f'{what} must be a finite number, got {value!r}')
+    return value
+
+
+def validate_tables(tables, source='table', capabilities=None):
+    """Check ``{target: {decode_scale: threshold}}``; keeps the given key order.
+
+    Scales must be positive, thresholds in [0, 1] and non-decreasing with the decode scale. With the
+    ``capabilities`` of a modulated model, thresholds below 1 must also lie in its intensity range
+    (LM-LTE: [0, 0.5]); 1 always means "everything left". Each failure is one line naming ``source``
+    and the bad entry.
+    """
+    if not isinstance(tables, dict) or not tables:
+        raise CMSRError(f'{source}: expected a non-empty mapping target_scale -> {{decode_scale: threshold}}')
+    lo, hi = (capabilities.intensity_range if capabilities is not None and capabilities.intensity_range
+              else (0.0, 1.0))
+    for target, table in tables.items():
+        if _number(target, f'{source}: target scale {target!r}') <= 0:
+            raise CMSRError(f'{source}: target scale {target} must be positive')
+        if not isinstance(table, dict) or not table:
+            raise CMSRError(f'{source}: table for target scale {target} must be a non-empty mapping')
+        previous = None
+        for s in sorted(table, key=lambda k: _number(k, f'{source}: decode scale {k!r} in table {target}')):
+            thr = _number(table[s], f'{source}: threshold of decode scale {s} in table {target}')
+            if s <= 0:
+                raise CMSRError(f'{source}: decode scale {s} in table {target} must be positive')
+            if not 0 <= thr <= 1:
+                raise CMSRError(f'{source}: threshold {thr} of decode scale {s} in table {target} is outside [0, 1]')
+            if thr != 1 and not lo <= thr <= hi:
+                raise CMSRError(f'{source}: threshold {thr} of decode scale {s} in table {target} is outside the '
+                                f'intensity range [{lo:g}, {hi:g}] of {capabilities.name or "this model"}')
+            if previous is not None and thr < previous[1]:
+                raise CMSRError(f'{source}: threshold {thr} of decode scale {s} in table {target} is below the '
+                                f'{previous[1]} of decode scale {previous[0]}; thresholds must not decrease '
+                                f'with the decode scale')
+            previous = (s, thr)
+    return tables
+
+
+def load_tables(path, capabilities=None):
+    """Read a Scale2Mod YAML file (ours or the shipped ``*_mse2e-5.yaml`` files) and validate it.
+
+    With a model's ``capabilities`` the file must not record another model (reserved key ``model``)
+    and its thresholds must fit the model's intensity range.
+    """
+    data = load_yaml(path, 'CMSR table file', CMSRError)
+    if isinstance(data, dict) and MODEL_KEY in data:
+        data = dict(data)
+        made_for = data.pop(MODEL_KEY)
+        if not isinstance(made_for, str):
+            raise CMSRError(f'{path}: {MODEL_KEY!r} must be a model name, got {made_for!r}')
+        if capabilities is not None and capabilities.name and made_for != capabilities.name:
+            raise CMSRError(f'{path}: tables were built for a {made_for} model, not for this {capabilities.name} '
+                            f'model; build tables for it with init_cmsr.py')
+    return validate_tables(data, str(path), capabilities)
+
+
+def _key(k):
+    return int(k) if float(k).is_integer() else k
+
+
+def save_tables(path, tables, model_name=None):
+    """Write tables as YAML (keys sorted; 18.0 written as 18), atomically; ``model_name`` is recorded
+    under the reserved key ``model``."""
+    validate_tables(tables, str(path))
+    data = {MODEL_KEY: model_name} if model_name else {}
+    data.update({_key(k): {_key(s): t for s, t in sorted(v.items())} for k, v in sorted(tables.items())})
+    with atomic_write(path, 'w') as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+
+
+def applies(scale, max_train_scale):
+    """Does CMSR render a target of ``scale`` (rows x cols area ratio ``scale**2``)? Only beyond the
+    training range: ``scale > max_train_scale`` (published: Q > 16 h w). The one place this is decided."""
+    return scale > max_train_scale
+
+
+def choose_table(tables, S):
+    """The first table (in the file's key order) whose target scale is >= S, else the last one."""
+    for target, table in tables.items():
+        if target >= S:
+            return target, table
+    target = list(tables)[-1]
+    return target, tables[target]
+
+
+def levels(table, S):
+    """Rendering levels for target scale S: list of (decode_scale, low, high), last one open-ended.
+
+    ``scales`` = table keys strictly below S; thresholds ``[0, t_1, ..., t_n]``; when ``t_n < 1`` a last
+    level at S itself renders everything above ``t_n``. Level i selects intensities m with
+    ``low <= m <= high`` (first level: ``m <= high``; last level: ``m >= low``).
+
+    Decode scales below 1 are not rendered (published rule): they are dropped here, so the first level
+    at or above 1 is the "first level" and selects every ``m <= high``, the intensities of the dropped
+    levels included.
+    """
+    scales = [s for s in table if s < S]
+    thr = [0] + [table[s] for s in scales]
+    if thr[-1] < 1:
+        scales.append(S)
+        thr.append(1)
+    return [(s, thr[i], thr[i + 1]) for i, s in enumerate(scales) if s >= 1]
+
+
+def select(m, i, n_levels, low, high):
+    """Selection mask of level ``i`` of ``n_levels`` for intensities ``m`` (published rules)."""
+    if i == n_levels - 1:
+        return m >= low
+    if i == 0:
+        return m <= high
+    return (m - (low + high) / 2).abs() <= (high - low) / 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+def sample_nearest(values, coord, size):
+    """Per-pixel scalars (h*w,) of one image at coords (N, 2), nearest pixel, no shift."""
+    h, w = size
+    return values[nearest_index(coord[:, 0], h) * w + nearest_index(coord[:, 1], w)]
+
+
+def bilinear(img, coord):
+    """Bilinear border-padded sampling: img (1, 3, h, w), coord (N, 2) (row, col) -> (N, 3)."""
+    out = F.grid_sample(img, coord.flip(-1).view(1, 1, -1, 2), mode='bilinear', padding_mode='border',
+                        align_corners=False)
+    return out[0, :, 0, :].t()
+
+
+def level_grid(size, level_size, device=None):
+    """Level coordinates: the LR pixel-centre map of ``size`` resized bilinearly to ``level_size`` ->
+    (qh*qw, 2).
+
+    Near the borders (within S/2 output pixels) this repeats the outermost LR centres rather than giving
+    exact pixel centres; the published code renders on this grid (``exact_grid=True`` does not).
+    """
+    fc = make_coord(size, device=device, flatten=False)
+    grid = F.interpolate(fc.permute(2, 0, 1).unsqueeze(0), size=level_size, mode='bilinear', align_corners=False)
+    return grid[0].permute(1, 2, 0).reshape(-1, 2)
+
+
+def render_points(model, state, coord, cell, chunk):
+    """Eval-path renders of arbitrary points (N, 2) with cells (N, 2) for a single image -> (N, 3)."""
+    return chunked(lambda c, s: model.query(state, c, s), coord.unsqueeze(0), cell.unsqueeze(0), chunk)[0]
+
+
+def _cells(n, qh, qw, factor, like):
+    """(n, 2) cells (2/qh, 2/qw) times ``factor``, in float32 in the published order of operations."""
+    c = like.new_empty(n, 2)
+    c[:, 0] = 2 / qh
+    c[:, 1] = 2 / qw
+    return c * factor if factor != 1 else c
+
+
+# ---------------------------------------------------------------------------------------------------
+# rendering
+# ---------------------------------------------------------------------------------------------------
+class RenderStats:
+    """What CMSR did, accumulated over renders.
+
+    ``fraction`` is the published 'Valid mask' ratio (renders weighted by (s / S)^2, over queries);
+    ``render_share`` (renders / queries) is the share of render-MLP evaluations the plain fast path
+    would do, and ``macs_saved`` the render-MLP MACs skipped (the per-LR-pixel latent MLP runs either
+    way), from the model's per-query MACs that ``render`` records.
+    """
+
+    def __init__(self):
+        self.rendered = 0.0
+        self.queries = 0
+        self.renders = 0
+        self.macs_per_query = 0
+
+    @property
+    def fraction(self):
+        return self.rendered / self.queries if self.queries else float('nan')
+
+    @property
+    def render_share(self):
+        return self.renders / self.queries if self.queries else float('nan')
+
+    @property
+    def macs_saved(self):
+        return (self.queries - self.renders) * self.macs_per_query
+
+    def add(self, n_selected, s, S):
+        self.rendered += n_selected / (S / s) ** 2
+        self.renders += n_selected
+
+    def summary(self):
+        """One line for scripts: rendered fraction, render-MLP share and GMACs saved."""
+        if not self.queries:
+            return 'CMSR not used (it applies beyond the training scale range only)'
+        return (f'CMSR rendered fraction {self.fraction:.4f}, render-MLP queries {self.render_share:.4f} of '
+                f'the plain path, {self.macs_saved / 1e9:.2f} GMACs saved')
+
+
+def render(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exact_grid=False,
+           max_train_scale=4, macs_per_query=0):
+    """CMSR rendering of one image.
+
+    Args:
+        model: a ``modulated`` implicit model in eval mode (``query``, ``modulation_intensity``).
+        state: ``model.prepare`` of ``inp``.
+        inp: (1, 3, h, w) the (padded) normalised LR input the state was prepared from.
+        coord: (1, Q, 2) target coordinates in the frame of ``inp``.
+        tables: a validated table set.
+        S: target scale (default ``sqrt(Q / (h w))``, the published value for a full grid).
+        chunk: queries per ``query`` call.
+        stats: a ``RenderStats`` accumulating the rendered fraction.
+        exact_grid: render levels on exact pixel-centre grids (``make_coord``) instead of the published
+            bilinearly resized LR-centre grid; a level at the target scale then renders exactly the
+            plain fast path's points.
+        max_train_scale: level cells are clipped by ``max(s / max_train_scale, 1)``.
+    Returns (1, Q, 3).
+    """
+    if coord.shape[0] != 1 or inp.shape[0] != 1:
+        raise ValueError('cmsr.render takes one image; the engine loops over the batch')
+    h, w = inp.shape[-2:]
+    Q = coord.shape[1]
+    S = math.sqrt(Q / (h * w)) if S is None else S
+    _, table = choose_table(tables, S)
+    lv = levels(table, S)
+    m = model.modulation_intensity(state)
+    if m.shape[0] != h * w:
+        raise ValueError(f'modulation intensity has {m.shape[0]} values for a {h}x{w} input')
+    # which points each level renders
+    plan, pts, cells = [], [], []
+    for i, (s, low, high) in enumerate(lv):
+        if s < 1:
+            continue
+        qh, qw = int(h * s), int(w * s)
+        grid = make_coord((qh, qw), device=coord.device) if exact_grid else level_grid((h, w), (qh, qw), coord.device)
+        sel = select(sample_nearest(m, grid, (h, w)), i, len(lv), low, high).nonzero().squeeze(1)
+        plan.append((s, qh, qw, grid, sel))
+        if sel.numel():
+            pts.append(grid[sel])
+            cells.append(_cells(sel.numel(), qh, qw, cell_clip_factor(s, max_train_scale), grid))
+        if stats is not None:
+            stats.add(sel.numel(), s, S)
+    if stats is not None:
+        stats.queries += Q
+        stats.macs_per_query = macs_per_query
+    renders = render_points(model, state, torch.cat(pts), torch.cat(cells), chunk) if pts else None
+    # compose from coarse to fine; a level that selects nothing is skipped
+    img, start, done = inp, 0, False
+    for k, (s, qh, qw, grid, sel) in enumerate(plan):
+        if not sel.numel():
+            continue
+        flat = bilinear(img, grid)
+        flat[sel] = renders[start:start + sel.numel()].to(flat.dtype)
+        start += sel.numel()
+        img = flat.t().reshape(1, 3, qh, qw)
+        done = k == len(plan) - 1 and s >= S and qh * qw == Q
+    if done:   # the last level rendered the target grid itself
+        return img.reshape(1, 3, Q).transpose(1, 2)
+    return bilinear(img, coord[0]).unsqueeze(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# building (init_cmsr.py)
+# ---------------------------------------------------------------------------------------------------
+def initial_table(S):
+    return {s: 1 for s in INITIAL_SCALES if s <= S}
+
+
+def prune_unvalidated(table):
+    """Drop decode scales below the target whose threshold was never lowered from its initial 1.
+
+    With the published semantics such a level renders *every* remaining pixel at that lower scale
+    (docs/deviations.md, B9), so no pixel reaches the target resolution; without it, those pixels go to the next
+    level up. (The tables shipped with LMF were pruned by hand in the same spirit.)
+    """
+    target = max(table)
+    return {s: t for s, t in table.items() if s == target or t < 1}
+
+
+@torch.no_grad()
+def update_table(model, inp, table, mse_threshold, scale, cell_clip=1.0, chunk=None):
+    """One image of the published table-building algorithm (published ``init_cmsr``); updates ``table`` in place.
+
+    ``inp`` (1, 3, h, w) is the (padded) normalised LR image, ``scale`` the target scale S: the
+    full-resolution reference is the (h*S, w*S) grid with cells clipped by ``cell_clip``; lower decode
+    scales use exact grids and unclipped cells. Errors are MSE in the normalised space. Intensity
+    buckets span ``model.capabilities.intensity_range`` (101 values). The initial table
+    (``initial_table(S)``) may lack S itself (e.g. 18); the final step then adds it, as the published
+    code does.
+    """
+    if inp.shape[0] != 1:
+        raise ValueError('CMSR table building processes one image at a time')
+    caps = model.capabilities
+    if not caps.modulated:
+        raise CMSRError(f'CMSR tables are built for modulated (LM) models, not {caps.name}')
+    chunk = chunk or caps.chunk
+    S = scale
+    h, w = inp.shape[-2:]
+    H, W = round(h * S), round(w * S)
+    coord = make_coord((H, W), device=inp.device)
+    cell = _cells(H * W, H, W, cell_clip, coord)
+    state = model.prepare(inp, cell.unsqueeze(0))
+    if not caps.cmsr_build_skip:     # LM-CiaoSR builds without its LR skip (published; docs/deviations.md, B1)
+        state['lr_skip'] = False
+    full = render_points(model, state, coord, cell, chunk)
+    m_hr = sample_nearest(model.modulation_intensity(state), coord, (h, w))
+    lo, hi = caps.intensity_range
+    buckets = [lo + (hi - lo) * i / 100 for i in range(101)]
+    s_img = math.sqrt(H * W / (h * w))
+    for s in sorted(table):
+        if s >= s_img:
+            break
+        qh, qw = int(h * s), int(w * s)
+        low_coord = make_coord((qh, qw), device=inp.device)
+        low = render_points(model, state, low_coord, _cells(qh * qw, qh, qw, 1.0, low_coord), chunk)
+        up = bilinear(low.t().reshape(1, 3, qh, qw), coord)
+        best = table[s]
+        for b in list(buckets):
+            sel = (m_hr - b).abs() <= 0.001
+            if not bool(sel.any()):
+                continue
+            err = ((up[sel] - full[sel]) ** 2).mean().item()
+            if err <= mse_threshold:
+                buckets.remove(b)
+                best = b
+            else:
+                break
+        table[s] = min(table[s], best)
+        for s2 in table:
+            if s2 < s:
+                table[s2] = min(table[s2], table[s])
+    if buckets:
+        table[s_img] = buckets[-1]
+        for s2 in table:
+            if s2 < s_img:
+                table[s2] = min(table[s2], table[s_img])
+    return table

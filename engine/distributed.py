@@ -1,0 +1,64 @@
+"""Multi-process training under ``torchrun``: the process's place in the group, and agreement on errors.
+
+``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` come from torchrun; with more than one process the group is
+initialised with NCCL on CUDA and gloo on CPU. ``agree`` makes an error on one rank stop every rank (the
+others would otherwise wait forever at the next collective).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class PeerFailed(RuntimeError):
+    """Another process of the group failed (it prints its own error)."""
+
+
+@dataclass
+class Dist:
+    """rank / world size of this process and its device (``main``: rank 0, which logs and saves)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def setup_distributed(device=None):
+    """Read torchrun's environment; initialise the process group when there is more than one process.
+
+    ``device``: 'cpu', 'cuda' or 'mps' (default: cuda when available, else cpu).
+    """
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError('--device cuda requested but CUDA is not available')
+        dev = torch.device('cuda', local_rank)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
+    return Dist(rank, world, local_rank, dev)
+
+
+def agree(dd, error=None):
+    """Collective: raise on every rank if any rank had an error (``error``: this rank's exception or None).
+
+    The failing rank re-raises its own exception; the others raise ``PeerFailed``.
+    """
+    if dd.world > 1:
+        flag = torch.tensor([0 if error is None else 1], device=dd.device)
+        dist.all_reduce(flag)
+        if error is None and int(flag.item()):
+            raise PeerFailed('another training process failed (see its error)')
+    if error is not None:
+        raise error

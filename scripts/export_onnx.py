@@ -1,0 +1,177 @@
+"""Export a model to ONNX and check it with ONNX Runtime (CPU) against PyTorch before writing it.
+
+    # image to image at a fixed scale, any input size (what ONNX upscalers such as chaiNNer load)
+    python -m scripts.export_onnx --model save/pretrained_models/edsr-b_lm-liif.pth --form fixed --scale 4 \\
+        --output lm-liif_x4.onnx
+    # arbitrary scale: inputs image, coord and cell (any size, scale and query set)
+    python -m scripts.export_onnx --model edsr-b_lm-liif.safetensors --form arbitrary --output lm-liif.onnx
+
+Forms (engine/export.py):
+  fixed      image (B, 3, h, w) float32 in [0, 1] -> output (B, 3, floor(h*sy), floor(w*sx)) in [0, 1].
+             Implicit models (LIIF, LTE, MetaSR, LM-LIIF, LM-LTE) at any scale >= 1 ('3.5', rows,cols '3,2');
+             IGConv SR models at integer scales.
+  arbitrary  implicit models: image (B, 3, h, w) in [0, 1], coord (B, Q, 2), cell (B, Q, 2) -> rgb (B, Q, 3)
+             in [0, 1]; coord = target pixel centres (row, col) in (-1, 1), cell = (2/H, 2/W) times the
+             clipping factor max(scale / max_train_scale, 1) (engine.export.grid_inputs computes both).
+             IGConv SR models: image, scale (int64 scalar, an integer >= 1) -> output (B, 3, r*h, r*w): the
+             kernels are generated in the graph for the scale given at run time.
+Batch and sizes are dynamic in both forms. The whole output is computed in one call: render large outputs
+in tiles (README, "ONNX export"). Before writing, the export is run in ONNX Runtime and compared with the
+PyTorch model (the engine for the fixed form, prepare/query for the arbitrary form) on --check-sizes (and
+--check-scales for the arbitrary form); the script says which inputs and sizes it verified and writes
+nothing if any difference exceeds --tol.
+"""
+import argparse
+import os
+import sys
+import time
+
+if not __package__:   # run as a file: the project's packages are importable only from the repository root
+    sys.exit('export_onnx.py: error: run it from the repository root as a module: python -m scripts.export_onnx ...')
+
+SCRIPT = 'export_onnx.py'
+
+
+def parse_sizes(text, name='--check-sizes'):
+    """'24x20,13x17' (HxW each) -> [(24, 20), (13, 17)]."""
+    from utils.validate import InputError, size_text
+    parts = [p for p in str(text).split(',') if p.strip()]
+    if not parts:
+        raise InputError(f'{name}: give at least one size HxW')
+    sizes = [size_text(p.strip(), name, order='HxW') for p in parts]
+    for h, w in sizes:
+        if h > 512 or w > 512:
+            raise InputError(f'{name}: {h}x{w} is larger than the 512x512 a check allows (it runs on the CPU)')
+    return sizes
+
+
+def parse_scales(text, name='--check-scales'):
+    from utils.validate import InputError
+    out = []
+    for p in str(text).split(','):
+        p = p.strip()
+        try:
+            v = float(p)
+        except ValueError:
+            raise InputError(f'{name}: {p!r} is not a number') from None
+        if not (v >= 1 and v < 1e3):
+            raise InputError(f'{name}: {p} must be >= 1 (and below 1000)')
+        out.append(v)
+    if not out:
+        raise InputError(f'{name}: give at least one scale')
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True,
+                   help='checkpoint (.pth or .safetensors; a bare file name is also looked up in save/pretrained_models/)')
+    p.add_argument('--output', required=True, help='the .onnx file to write')
+    p.add_argument('--form', choices=('fixed', 'arbitrary'), default='fixed', help='graph form (default: fixed)')
+    p.add_argument('--scale', help="fixed form: the scale, '4', '3.5' or rows,cols '3,2'")
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset, >= 17 (default 17)')
+    p.add_argument('--scale-max', '--scale_max', dest='scale_max', type=float, default=None,
+                   help="largest training scale for cell clipping (default: the checkpoint's, else the model's)")
+    p.add_argument('--check-sizes', default='24x20,13x17,31x9',
+                   help='LR sizes HxW the export is checked on (default: 24x20,13x17,31x9; the export itself '
+                        'traces 24x20, so the others check that sizes are dynamic)')
+    p.add_argument('--check-scales', default=None,
+                   help='arbitrary form: scales checked (default 2,3.5,6; IGConv models 2,3,4)')
+    p.add_argument('--tol', type=float, default=1e-4, help='largest accepted |ONNX Runtime - PyTorch| (default 1e-4)')
+    p.add_argument('--quiet', action='store_true', help='only errors')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from utils.validate import InputError, input_file, output_file
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise InputError(f'{e}; install the requirements (pip install -r requirements.txt: onnx, onnxruntime)') \
+            from None
+    import torch
+    from engine import cli, export
+    if args.opset < 17:
+        raise InputError(f'--opset must be >= 17, got {args.opset}')
+    if not (args.tol > 0):
+        raise InputError(f'--tol must be positive, got {args.tol}')
+    if args.scale_max is not None and not (args.scale_max > 0):
+        raise InputError(f'--scale-max must be positive, got {args.scale_max}')
+    if args.form == 'fixed' and args.scale is None:
+        raise InputError('--form fixed needs --scale')
+    if args.form == 'arbitrary' and args.scale is not None:
+        raise InputError('--scale is for --form fixed; the arbitrary form takes the scale at run time')
+    scale = export.parse_export_scale(args.scale) if args.form == 'fixed' else None
+    sizes = parse_sizes(args.check_sizes)
+    if args.form == 'fixed' and args.check_scales is not None:
+        raise InputError('--check-scales is for --form arbitrary (the fixed form is checked at --scale)')
+    path = cli.resolve_model_path(args.model)
+    input_file(path, '--model')
+    output_file(args.output, '--output', inputs=(path,), extensions=('.onnx',))
+
+    model, ckpt = cli.load_model(path, 'cpu', SCRIPT)
+    kind = model.capabilities.kind
+    scales = None
+    if args.form == 'arbitrary':
+        scales = parse_scales(args.check_scales or ('2,3,4' if kind == 'grid' else '2,3.5,6'))
+    max_scale = cli.max_train_scale(model, ckpt, args.scale_max)
+    t = time.perf_counter()
+    graph = export.make_graph(model, args.form, scale, max_train_scale=max_scale)
+    if scales is not None and kind == 'grid':
+        for s in scales:     # refused before any export work
+            export.example_inputs('arbitrary', (1, 1), s, kind='grid')
+    example = export.example_inputs(args.form, (24, 20), scale or 2.0, max_train_scale=max_scale, kind=kind)
+    data = export.export_onnx(graph, args.form, args.opset, example)
+    proto = onnx.load_from_string(data)
+    onnx.checker.check_model(proto)
+    caps = model.capabilities
+    meta = {'assr.model': caps.name or type(model).__name__, 'assr.form': args.form,
+            'assr.input': 'image: float32 RGB (B, 3, h, w) in [0, 1]',
+            'assr.max_train_scale': f'{max_scale:g}', 'assr.source': os.path.basename(path)}
+    if scale is not None:
+        meta['assr.scale'] = f'{graph.scale[0]:g},{graph.scale[1]:g}'
+    elif kind == 'grid':
+        meta['assr.scale'] = 'input "scale": int64 scalar, an integer >= 1'
+    else:
+        meta['assr.coords'] = ('coord: (row, col) target pixel centres in (-1, 1); cell: (2/H, 2/W) * '
+                               'max(scale / max_train_scale, 1) per axis')
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    data = proto.SerializeToString()
+
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    results = export.verify(model, data, args.form, graph.scale if scale is not None else None, sizes,
+                            scales, args.tol, max_train_scale=max_scale)
+    lines = []
+    for r in results:
+        h, w = r['size']
+        sy, sx = r['scale']
+        out = r['out']
+        osize = f'{out[2]}x{out[3]}' if len(out) == 4 else f'{out[1]} queries'
+        lines.append(f'  input 1x3x{h}x{w}, x{sy:g}' + (f',{sx:g}' if sx != sy else '')
+                     + f' -> {osize}: max |ONNX Runtime - PyTorch| = {r["max_diff"]:.2e}'
+                     + ('' if r['ok'] else f'  > {args.tol:g}'))
+    bad = [r for r in results if not r['ok']]
+    if bad:
+        raise ValueError(f'the ONNX export differs from PyTorch by more than {args.tol:g} on '
+                         f'{len(bad)} of {len(results)} checks; nothing written:\n' + '\n'.join(lines))
+    from utils.io import atomic_write
+    with atomic_write(args.output, 'wb') as f:
+        f.write(data)
+    if not args.quiet:
+        what = f'x{args.scale}' if scale is not None else \
+            ('run-time integer scale' if kind == 'grid' else 'arbitrary scale')
+        print(f'{path} ({meta["assr.model"]}) -> {args.output} (form {args.form}, {what}, opset {args.opset}, '
+              f'{len(data) / 2**20:.1f} MiB, {time.perf_counter() - t:.1f}s)')
+        print(f'verified with ONNX Runtime {onnxruntime.__version__} (CPU) against PyTorch {torch.__version__}, '
+              f'tolerance {args.tol:g} (traced at 24x20):')
+        print('\n'.join(lines))
+    return 0
+
+
+if __name__ == '__main__':
+    from engine.cli import run
+    sys.exit(run(main, script=SCRIPT))

@@ -1,0 +1,409 @@
+"""Up-front validation of what users pass to the scripts: paths, output paths, numeric options, scales.
+
+Every check runs before any compute or write and raises ``InputError`` (a ValueError) whose message is
+one line naming the input (``--output out.png: ...``). Scripts print it as ``<script>: error: <message>``
+and exit 1. Nothing here imports torch, so the checks are cheap and usable before heavy imports.
+
+Conventions: sizes are (rows, cols) = (height, width) in pixels; scales are (row factor, col factor).
+"""
+import inspect
+import math
+import os
+
+
+class InputError(ValueError):
+    """A command-line value, path or config entry is invalid; the message names it."""
+
+
+def one_line(text, limit=400):
+    """Collapse whitespace so that a message is a single line (cut at ``limit`` characters)."""
+    text = ' '.join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+# ------------------------------------------------------------------------------------------------
+# numbers
+# ------------------------------------------------------------------------------------------------
+def integer(value, name, minimum=None, maximum=None, allow_none=True):
+    """``value`` as an int within [minimum, maximum] (integer text such as '7' accepted); bools, floats with a
+    fraction and other text are refused, naming ``name``."""
+    if value is None:
+        if allow_none:
+            return None
+        raise InputError(f'{name} is required')
+    if isinstance(value, bool):
+        raise InputError(f'{name} must be an integer, got {value!r}')
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise InputError(f'{name} must be an integer, got {value!r}')
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise InputError(f'{name} must be an integer, got {value!r}') from None
+    if not isinstance(value, int):
+        try:
+            import numbers
+            if isinstance(value, numbers.Integral):
+                value = int(value)
+            else:
+                raise TypeError
+        except TypeError:
+            raise InputError(f'{name} must be an integer, got {type(value).__name__} {value!r:.80}') from None
+    if minimum is not None and value < minimum:
+        raise InputError(f'{name} must be >= {minimum}, got {value}')
+    if maximum is not None and value > maximum:
+        raise InputError(f'{name} must be <= {maximum}, got {value}')
+    return value
+
+
+def number(value, name, minimum=None, maximum=None, positive=False, allow_none=True):
+    """``value`` as a finite float (text such as '1e-4' accepted) within the given bounds."""
+    if value is None:
+        if allow_none:
+            return None
+        raise InputError(f'{name} is required')
+    if isinstance(value, bool):
+        raise InputError(f'{name} must be a number, got {value!r}')
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f'{name} must be a number, got {value!r:.80}') from None
+    if not math.isfinite(v):
+        raise InputError(f'{name} must be a finite number, got {value!r}')
+    if positive and v <= 0:
+        raise InputError(f'{name} must be > 0, got {value!r}')
+    if minimum is not None and v < minimum:
+        raise InputError(f'{name} must be >= {minimum:g}, got {value!r}')
+    if maximum is not None and v > maximum:
+        raise InputError(f'{name} must be <= {maximum:g}, got {value!r}')
+    return v
+
+
+MAX_WINDOW = 64
+
+
+def cli_numbers(args, script):
+    """Check the common numeric options of an ``argparse`` namespace (only those it has).
+
+    * ``tile`` >= 0 (or 'auto'), ``tile_overlap`` >= 0, ``window`` 0..64 (0 = no padding),
+    * ``bsize`` / ``eval_bsize`` > 0, ``stop_after`` >= 1, ``workers`` >= 0, ``first_k`` >= 1,
+    * ``trained_scale`` > 0 and finite, ``mse_threshold`` > 0 and finite, ``grad_clip`` > 0,
+      ``repeats`` >= 1, ``warmup`` >= 0, ``max_seconds`` > 0.
+    """
+    def has(name):
+        return getattr(args, name, None) is not None
+
+    tile = getattr(args, 'tile', None)
+    if tile is not None and tile != 'auto':
+        integer(tile, '--tile', minimum=0)
+    if has('tile_overlap'):
+        integer(args.tile_overlap, '--tile-overlap', minimum=0)
+    if has('window'):
+        integer(args.window, '--window', minimum=0, maximum=MAX_WINDOW)
+    for name in ('bsize', 'eval_bsize'):
+        if has(name):
+            integer(getattr(args, name), '--' + name.replace('_', '-'), minimum=1)
+    for name, lo in (('stop_after', 1), ('workers', 0), ('first_k', 1), ('repeats', 1), ('warmup', 0)):
+        if has(name):
+            integer(getattr(args, name), '--' + name.replace('_', '-'), minimum=lo)
+    for name in ('trained_scale', 'mse_threshold', 'grad_clip', 'max_seconds'):
+        if has(name):
+            number(getattr(args, name), '--' + name.replace('_', '-'), positive=True)
+    return args
+
+
+# ------------------------------------------------------------------------------------------------
+# scales and sizes
+# ------------------------------------------------------------------------------------------------
+MAX_SIDE = 1 << 20     # no image side beyond a million pixels (a typo such as --scale 1e6)
+
+
+def scales_list(text, name='--scales', integers=True, minimum=1):
+    """``'2,3,4'`` -> [2, 3, 4] (sorted, unique); one-line errors for empty items, text, values < minimum."""
+    parts = [p.strip() for p in str(text).split(',')]
+    if not parts or any(p == '' for p in parts):
+        raise InputError(f'{name} {text!r}: give comma-separated numbers such as 2,3,4')
+    out = []
+    for p in parts:
+        try:
+            v = int(p) if integers else float(p)
+        except ValueError:
+            kind = 'integers' if integers else 'numbers'
+            raise InputError(f'{name} {text!r}: {p!r} is not a number; give {kind} such as 2,3,4') from None
+        if not (math.isfinite(v) and v >= minimum):
+            raise InputError(f'{name} {text!r}: scales must be >= {minimum}')
+        if v > MAX_SIDE:
+            raise InputError(f'{name} {text!r}: scale {p} is unreasonably large')
+        out.append(v)
+    return sorted(set(out))
+
+
+def size_text(text, name='--size', order='HxW'):
+    """``'1080x1920'`` -> (rows, cols) for order 'HxW' (or from 'WxH'); positive integers only."""
+    parts = str(text).lower().replace(' ', '').split('x')
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        example = '1080x1920' if order == 'HxW' else '1920x1080'
+        label = 'HEIGHTxWIDTH' if order == 'HxW' else 'WIDTHxHEIGHT'
+        raise InputError(f'{name} {text!r} must be {label} in pixels, e.g. {example}')
+    a, b = int(parts[0]), int(parts[1])
+    if a < 1 or b < 1:
+        raise InputError(f'{name} {text!r} must be positive')
+    if max(a, b) > MAX_SIDE:
+        raise InputError(f'{name} {text!r}: a side above {MAX_SIDE} pixels is not supported')
+    return (a, b) if order == 'HxW' else (b, a)
+
+
+def output_size(in_size, scale=None, size=None, scale_text=None):
+    """Target (H, W) of an upscale of ``in_size`` (h, w) by ``scale`` (sy, sx) or to ``size`` (H, W).
+
+    Refuses targets that are not larger than the input (naming --scale or --size, whichever was given)
+    and sides beyond ``MAX_SIDE``.
+    """
+    h, w = in_size
+    if size is not None:
+        H, W = size
+        label = f'--size {H}x{W}'
+    else:
+        sy, sx = scale
+        label = f'--scale {scale_text if scale_text is not None else f"{sy:g},{sx:g}"}'
+        if sy < 1 or sx < 1:
+            raise InputError(f'{label}: this upscales; factors must be >= 1')
+        if sy == 1 and sx == 1:
+            raise InputError(f'{label}: a factor of 1 leaves the {h}x{w} input unchanged; give a factor > 1')
+        if max(h * sy, w * sx) > MAX_SIDE:
+            raise InputError(f'{label}: the output would be {h * sy:.4g}x{w * sx:.4g} pixels; a side above '
+                             f'{MAX_SIDE} is not supported')
+        H, W = int(math.floor(h * sy + 1e-9)), int(math.floor(w * sx + 1e-9))
+    if H < h or W < w or (H, W) == (h, w):
+        raise InputError(f'{label} is not larger than the input {h}x{w} (HxW)')
+    return H, W
+
+
+# ------------------------------------------------------------------------------------------------
+# paths
+# ------------------------------------------------------------------------------------------------
+def _same_file(a, b):
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def input_file(path, name):
+    """An existing, readable regular file."""
+    if path is None or str(path) == '':
+        raise InputError(f'{name}: no path given')
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f'{name} {path}: file not found')
+    if os.path.isdir(path):
+        raise InputError(f'{name} {path}: is a directory, not a file')
+    if not os.access(path, os.R_OK):
+        raise InputError(f'{name} {path}: not readable (permission denied)')
+    return path
+
+
+def input_folder(path, name):
+    """An existing, readable folder."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f'{name} {path}: folder not found')
+    if not os.path.isdir(path):
+        raise InputError(f'{name} {path}: is a file, not a folder')
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InputError(f'{name} {path}: not readable (permission denied)')
+    return path
+
+
+def _nearest_existing(path):
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return p
+
+
+def output_file(path, name, inputs=(), create_parent=False, extensions=None):
+    """A file we may create or replace: not a folder, not equal to any of ``inputs``, folder writable.
+
+    Args:
+        inputs: paths (or None) read by the same command; writing over one of them is refused.
+        create_parent: the folder may be missing (it will be created), but what exists of it must be
+            folders and writable. Otherwise the folder must exist.
+        extensions: allowed extensions (lower case, with the dot), or None.
+    """
+    if path is None or str(path) == '':
+        raise InputError(f'{name}: no path given')
+    path = os.fspath(path)
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise InputError(f'{name} {path}: is a directory; give a file name')
+    for other in inputs:
+        if other is not None and str(other) != '' and _same_file(path, os.fspath(other)):
+            raise InputError(f'{name} {path}: is also an input ({other}); writing it would destroy the input, '
+                             f'give another path')
+    if extensions is not None:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in extensions:
+            raise InputError(f'{name} {path}: unsupported extension {ext or "(none)"!r}; use one of '
+                             f'{", ".join(extensions)}')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        if not create_parent:
+            if os.path.exists(folder):
+                raise InputError(f'{name} {path}: {folder} is a file, not a folder')
+            raise InputError(f'{name} {path}: output folder {folder} does not exist')
+        base = _nearest_existing(folder)
+        if not os.path.isdir(base):
+            raise InputError(f'{name} {path}: {base} is a file, not a folder')
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise InputError(f'{name} {path}: cannot create {folder} ({base} is not writable)')
+        return path
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f'{name} {path}: folder {folder} is not writable')
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError(f'{name} {path}: exists and is not a regular file')
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f'{name} {path}: exists and is not writable')
+    return path
+
+
+def output_folder(path, name, inputs=()):
+    """A folder we will create (with parents) or write into: no file in the way, writable."""
+    if path is None or str(path) == '':
+        raise InputError(f'{name}: no path given')
+    path = os.fspath(path)
+    for other in inputs:
+        if other is not None and str(other) != '' and _same_file(path, os.fspath(other)):
+            raise InputError(f'{name} {path}: is also an input ({other}); give another folder')
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise InputError(f'{name} {path}: is a file, not a folder')
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f'{name} {path}: folder is not writable')
+        return path
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        raise InputError(f'{name} {path}: {base} is a file, not a folder')
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f'{name} {path}: cannot create it ({base} is not writable)')
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# constructor arguments (config / checkpoint 'args')
+# ------------------------------------------------------------------------------------------------
+def _type_ok(value, default):
+    """Does ``value`` have a type compatible with a constructor default ``default``?"""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):     # an int default also takes a float (res_scale=1 -> 0.1)
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, (int, float)):
+            return True
+        try:            # PyYAML reads 1e-4 as a string; float('1e-4') is what constructors get
+            float(value)
+            return isinstance(value, str)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(default):
+    if isinstance(default, bool):
+        return 'true/false'
+    if isinstance(default, int):
+        return 'a number'
+    if isinstance(default, float):
+        return 'a number'
+    if isinstance(default, str):
+        return 'a string'
+    if isinstance(default, (list, tuple)):
+        return 'a list'
+    if isinstance(default, dict):
+        return 'a mapping'
+    return type(default).__name__
+
+
+def spec_types(spec, registry, where, _depth=0):
+    """Check a ``{'name', 'args'}`` spec (and nested ``*_spec`` children) before building it.
+
+    ``name`` must be a string; ``args`` a mapping; each argument's type must match its constructor
+    default (a numeric default needs a number, a flag true/false, a string default a string, a list
+    default a list, ...); negative or non-finite values for numeric arguments whose default is positive
+    are refused. Unknown names/arguments are left to ``registry.build`` (which names them).
+    """
+    if _depth > 20:
+        raise InputError(f'{where}: model spec nested too deeply')
+    if not isinstance(spec, dict):
+        raise InputError(f'{where}: expected a mapping {{name, args}}, got {type(spec).__name__}')
+    name = spec.get('name')
+    if not isinstance(name, str):
+        raise InputError(f'{where}.name: must be a string (a registered name), got {type(name).__name__} '
+                         f'{name!r:.60}')
+    args = spec.get('args')
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InputError(f'{where}.args: must be a mapping, got {type(args).__name__}')
+    try:
+        cls = registry.get(name)
+    except ValueError:
+        return            # unknown name: registry.build reports it with suggestions
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in args.items():
+        if not isinstance(key, str):
+            raise InputError(f'{where}.args: argument names must be strings, got {key!r:.60}')
+        if key.endswith('_spec') and isinstance(value, dict):
+            if 'name' in value:           # a child model spec (encoder_spec, imnet_spec, ...)
+                spec_types(value, registry, f'{where}.args.{key}', _depth + 1)
+            continue
+        p = params.get(key)
+        if p is None or p.default is p.empty:
+            continue
+        if not _type_ok(value, p.default):
+            raise InputError(f'{where}.args.{key}: must be {_type_name(p.default)} (like the default '
+                             f'{p.default!r}), got {type(value).__name__} {value!r:.60}')
+        if isinstance(p.default, (int, float)) and not isinstance(p.default, bool) and p.default > 0 \
+                and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not (math.isfinite(value) and value >= 0):
+            raise InputError(f'{where}.args.{key}: must be a non-negative finite number, got {value}')
+
+
+# ------------------------------------------------------------------------------------------------
+# messages
+# ------------------------------------------------------------------------------------------------
+def message(error):
+    """The one-line message of an exception, also for errors re-raised from DataLoader workers (whose
+    text is 'Caught X in DataLoader worker process N.' followed by the worker's traceback: the last
+    line, 'X: <message>', is what matters)."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith('Caught ') and 'DataLoader worker' in lines[0]:
+        last = lines[-1]
+        name = type(error).__name__
+        if last.startswith(name + ': '):
+            last = last[len(name) + 2:]
+        else:
+            last = last.split(': ', 1)[-1] if ': ' in last and last.split(': ', 1)[0].isidentifier() else last
+        return one_line(f'{last} (in a data-loading worker)', 1000)
+    return one_line(text, 1000) or type(error).__name__
