@@ -69,21 +69,6 @@ def build_parser():
     return p
 
 
-def check_output_path(path):
-    from utils.image import SAVE_FORMATS
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in SAVE_FORMATS:
-        raise ValueError(f'{path}: unsupported output extension {ext or "(none)"!r}; use one of '
-                         f'{", ".join(SAVE_FORMATS)}')
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f'{path}: output folder {folder} does not exist')
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ValueError(f'{path}: not writable')
-    if os.path.isdir(path):
-        raise ValueError(f'{path}: is a directory')
-
-
 def target_size(args, h, w):
     from utils.coords import parse_scale
     from utils.validate import output_size
@@ -129,7 +114,6 @@ def main(argv=None):
             validate.input_file(args.cmsr, '--cmsr')
         validate.output_file(args.output, '--output', inputs=(args.input, args.model, args.cmsr),
                              extensions=tuple(SAVE_FORMATS))
-        check_output_path(args.output)
         h, w = read_size(args.input)                     # from the header: sizes checked before decoding
         H, W = target_size(args, h, w)
         device = cli.choose_device(args.device, args.gpu, 'demo.py')
