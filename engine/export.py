@@ -676,8 +676,7 @@ def benchmark_row(name, model, scale, lr_size, repeats=3, warmup=1, max_queries=
     not run (the graph answers every query at once: memory grows with the output, about 7.5 KB per output
     pixel for LM-LIIF and several times that for LIIF; see :func:`run_tiled`).
     """
-    import statistics
-    import time
+    from engine.profiling import time_fn
     h, w = lr_size
     H, W = output_size((h, w), scale)
     row = {'model': f'{name} (onnx)', 'scale': scale, 'input': f'{w}x{h}', 'output': f'{W}x{H}'}
@@ -691,19 +690,9 @@ def benchmark_row(name, model, scale, lr_size, repeats=3, warmup=1, max_queries=
     session = ort_session(data, threads or torch.get_num_threads())
     img = torch.rand(1, 3, h, w)
 
-    def median(fn):
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
     got = run_session(session, img)
-    row['total_s'] = median(lambda: run_session(session, img))
-    with torch.no_grad():
-        row['torch_s'] = median(lambda: graph(img))
+    row['total_s'] = time_fn(lambda: run_session(session, img), repeats=repeats, warmup=warmup)
+    row['torch_s'] = time_fn(lambda: graph(img), repeats=repeats, warmup=warmup)   # time_fn runs under no_grad
     row['max_diff'] = float((got - reference_output(model, 'fixed', (img,), scale)).abs().max())
     row['note'] = (f"ONNX Runtime {__import__('onnxruntime').__version__} CPU, fixed-scale graph, whole image "
                    f"{row['total_s']:.3g} s (same graph in PyTorch {row['torch_s']:.3g} s); max |diff| vs PyTorch "

@@ -10,9 +10,7 @@ Prints a markdown table.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 if not __package__:   # run as a file: the project's packages are importable only from the repository root
     sys.exit('cmsr_eval.py: error: run it from the repository root as a module: python -m scripts.cmsr_eval ...')
@@ -21,16 +19,8 @@ import torch  # noqa: E402
 
 import datasets  # noqa: E402
 from engine.inference import Upscaler, normalise  # noqa: E402
+from engine.profiling import time_fn  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def evaluate(model, data, scale, tables, repeats):
@@ -44,8 +34,8 @@ def evaluate(model, data, scale, tables, repeats):
             gt = item['gt'].view(1, H, W, 3).permute(0, 3, 1, 2)
             pred = up(inp, (H, W))
             scores.append(float(psnr(pred, gt, dataset='benchmark', scale=scale)[0]))
-            total = median_time(lambda: up(inp, (H, W)), repeats)
-            enc = median_time(lambda: model.encoder(normalise(inp)), repeats)
+            total = time_fn(lambda: up(inp, (H, W)), repeats=repeats, warmup=0)
+            enc = time_fn(lambda: model.encoder(normalise(inp)), repeats=repeats, warmup=0)
             dec += max(total - enc, 0.0)
     stats = up.stats
     fraction, share = (stats.fraction, stats.render_share) if tables is not None else (1.0, 1.0)
