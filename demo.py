@@ -55,7 +55,9 @@ def build_parser():
     p.add_argument('--tile-overlap', type=int, default=None,
                    help='LR pixels of context around each tile (default: exact for the encoder, e.g. 37 for '
                         'EDSR-baseline models)')
-    p.add_argument('--bsize', type=int, default=None, help='queries per decoder call (memory), default 65536')
+    p.add_argument('--bsize', type=int, default=None,
+                   help="queries per decoder call (memory); default: the model's own chunk (LM models: sized from "
+                        "this machine's caches)")
     p.add_argument('--window', type=int, default=None,
                    help='pad the input to a multiple of this (default: 8 for SwinIR encoders, else 0)')
     cli.add_cmsr_args(p)
@@ -102,8 +104,8 @@ def main(argv=None):
         from utils.image import SAVE_FORMATS, ImageError, load_image, read_size, save_image
         from utils.imresize import imresize
     except ImportError as e:     # e.g. a Python without torch: say so in one line
-        print(f'demo.py: error: {e} (install the requirements: pip install -r requirements.txt)', file=sys.stderr)
-        return 1
+        from engine import cli
+        return cli.missing_requirements(e, 'demo.py')
     try:
         validate.cli_numbers(args, 'demo.py')
         args.cmsr = cli.cmsr_table_path(args.cmsr, args.cmsr_path)     # both spellings -> the table file or None
@@ -156,6 +158,7 @@ def main(argv=None):
         finally:
             if bar:
                 bar.close()
+        model_s = time.perf_counter() - t       # encoder + decoder through the engine (what the benchmark times)
         if not bool(torch.isfinite(out).all()):
             raise ValueError(f'{args.model}: the model predicted non-finite values (NaN/inf) for {args.input}; '
                              f'its weights are broken (a diverged run?); nothing written')
@@ -173,7 +176,7 @@ def main(argv=None):
             if tables is not None:
                 extra = f'; {upscaler.stats.summary()}'
             print(f'{args.input} ({w}x{h}) -> {args.output} ({W}x{H}, x{H / h:.3g} rows, x{W / w:.3g} cols) '
-                  f'on {device} in {time.perf_counter() - t:.2f}s'
+                  f'on {device} in {time.perf_counter() - t:.2f}s (model {model_s:.3f}s)'
                   + (f', tiles of {tile}px' if upscaler.tile else '') + extra)
     except (ValueError, ImageError, CheckpointError, ModelSpecError, CMSRError, OSError) as e:
         print(f'demo.py: error: {e}', file=sys.stderr)

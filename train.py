@@ -67,8 +67,8 @@ def main(argv=None):
         from utils import validate
         from utils.config import ConfigError, apply_overrides, load_config, require
     except ImportError as e:     # e.g. a Python without torch: say so in one line
-        print(f'train.py: error: {e} (install the requirements: pip install -r requirements.txt)', file=sys.stderr)
-        return 1
+        from engine import cli
+        return cli.missing_requirements(e, 'train.py')
     try:
         validate.cli_numbers(args, 'train.py')
         device = training_device(args, argv)

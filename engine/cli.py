@@ -391,6 +391,13 @@ def expected_errors():
     return tuple(kinds)
 
 
+def missing_requirements(error, script):
+    """Report an ImportError (e.g. a Python without torch) as one line ``<script>: error: <error> (install the
+    requirements: ...)`` on stderr; returns the exit status, 1. Scripts call it around their heavy imports."""
+    print(f'{script}: error: {error} (install the requirements: pip install -r requirements.txt)', file=sys.stderr)
+    return 1
+
+
 def run(main, argv=None, script=None):
     """Call ``main(argv)``; report expected errors as ``<script>: error: ...`` and return 1."""
     script = script or script_name()
@@ -400,8 +407,7 @@ def run(main, argv=None, script=None):
         print(f'{script}: interrupted', file=sys.stderr)
         return 130
     except ImportError as e:       # e.g. a Python without torch (checked before expected_errors imports it)
-        print(f'{script}: error: {e} (install the requirements: pip install -r requirements.txt)', file=sys.stderr)
-        return 1
+        return missing_requirements(e, script)
     except MemoryError as e:
         print(f'{script}: error: out of memory ({e or "MemoryError"}); use --tile, a smaller --bsize or a smaller '
               f'input/--size', file=sys.stderr)

@@ -194,6 +194,57 @@ def render_points(model, state, coord, cell, chunk):
     return chunked(lambda c, s: model.query(state, c, s), coord.unsqueeze(0), cell.unsqueeze(0), chunk)[0]
 
 
+def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
+    """Renders of the points ``sel`` (indices into a qh x qw grid, row-major, increasing; None: all) of a
+    separable grid ``grid`` (qh*qw, 2) with one cell (2,) for a single image -> (len(sel), 3).
+
+    Models with ``grid_queries`` answer (rows x selected columns) blocks with ``query_grid``: consecutive rows
+    selecting the same columns (CMSR selects per LR pixel, so whole runs of rows do) form one block, split
+    to at most ``chunk`` queries. Points whose coordinates are not exactly those of their row and column
+    (``level_grid`` resizes a coordinate map bilinearly, which can differ by an ulp across a row, enough to
+    change the nearest pixel at a tie) are answered again through ``query`` at their own coordinates.
+    Other models answer every point through ``query`` (``render_points``). The results equal the
+    point-by-point ones up to float rounding.
+    """
+    sel = torch.arange(qh * qw, device=grid.device) if sel is None else sel
+    n = sel.numel()
+    if not model.capabilities.grid_queries:
+        return render_points(model, state, grid[sel], cell.view(1, 2).expand(n, 2), chunk)
+    g = grid.view(qh, qw, 2)
+    ys, xs = g[:, 0, 0], g[0, :, 1]
+    rows = torch.div(sel, qw, rounding_mode='floor')
+    row_ids, counts = torch.unique_consecutive(rows, return_counts=True)
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    row_ids, counts = row_ids.tolist(), counts.tolist()
+    out = grid.new_empty(n, 3)
+    cols_of = lambda i: sel[starts[i]:starts[i] + counts[i]] - row_ids[i] * qw   # noqa: E731
+    i = 0
+    while i < len(row_ids):
+        cols = cols_of(i)
+        j = i + 1          # rows i..j-1: consecutive rows with the same selected columns
+        while j < len(row_ids) and row_ids[j] == row_ids[j - 1] + 1 and counts[j] == counts[i] \
+                and torch.equal(cols_of(j), cols):
+            j += 1
+        xs_sel = xs[cols]
+        nc = cols.numel()
+        step_c = min(nc, chunk)
+        step_r = max(1, chunk // step_c)
+        for a in range(0, j - i, step_r):
+            b = min(a + step_r, j - i)
+            for c in range(0, nc, step_c):
+                d = min(c + step_c, nc)
+                pred = model.query_grid(state, ys[row_ids[i] + a:row_ids[i] + b], xs_sel[c:d], cell.view(1, 2))[0]
+                # selected points of rows a..b are stored row by row, nc each
+                dst = out[starts[i] + a * nc:starts[i] + b * nc].view(b - a, nc, 3)
+                dst[:, c:d] = pred
+        i = j
+    off_grid = ((g[..., 0] != ys[:, None]) | (g[..., 1] != xs[None, :])).view(-1)[sel].nonzero().squeeze(1)
+    if off_grid.numel():
+        out[off_grid] = render_points(model, state, grid[sel[off_grid]], cell.view(1, 2).expand(off_grid.numel(), 2),
+                                      chunk)
+    return out
+
+
 def _cells(n, qh, qw, factor, like):
     """(n, 2) cells (2/qh, 2/qw) times ``factor``, in float32 in the published order of operations."""
     c = like.new_empty(n, 2)
@@ -274,7 +325,7 @@ def render(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exa
     if m.shape[0] != h * w:
         raise ValueError(f'modulation intensity has {m.shape[0]} values for a {h}x{w} input')
     # which points each level renders
-    plan, pts, cells = [], [], []
+    plan = []
     for i, (s, low, high) in enumerate(lv):
         if s < 1:
             continue
@@ -282,23 +333,20 @@ def render(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exa
         grid = make_coord((qh, qw), device=coord.device) if exact_grid else level_grid((h, w), (qh, qw), coord.device)
         sel = select(sample_nearest(m, grid, (h, w)), i, len(lv), low, high).nonzero().squeeze(1)
         plan.append((s, qh, qw, grid, sel))
-        if sel.numel():
-            pts.append(grid[sel])
-            cells.append(_cells(sel.numel(), qh, qw, cell_clip_factor(s, max_train_scale), grid))
         if stats is not None:
             stats.add(sel.numel(), s, S)
     if stats is not None:
         stats.queries += Q
         stats.macs_per_query = macs_per_query
-    renders = render_points(model, state, torch.cat(pts), torch.cat(cells), chunk) if pts else None
     # compose from coarse to fine; a level that selects nothing is skipped
-    img, start, done = inp, 0, False
+    img, done = inp, False
     for k, (s, qh, qw, grid, sel) in enumerate(plan):
         if not sel.numel():
             continue
+        cell = _cells(1, qh, qw, cell_clip_factor(s, max_train_scale), grid)[0]
+        renders = render_on_grid(model, state, grid, qh, qw, cell, chunk, sel)
         flat = bilinear(img, grid)
-        flat[sel] = renders[start:start + sel.numel()].to(flat.dtype)
-        start += sel.numel()
+        flat[sel] = renders.to(flat.dtype)
         img = flat.t().reshape(1, 3, qh, qw)
         done = k == len(plan) - 1 and s >= S and qh * qw == Q
     if done:   # the last level rendered the target grid itself
@@ -349,7 +397,7 @@ def update_table(model, inp, table, mse_threshold, scale, cell_clip=1.0, chunk=N
     state = model.prepare(inp, cell.unsqueeze(0))
     if not caps.cmsr_build_skip:     # LM-CiaoSR builds without its LR skip (published; docs/deviations.md, B1)
         state['lr_skip'] = False
-    full = render_points(model, state, coord, cell, chunk)
+    full = render_on_grid(model, state, coord, H, W, cell[0], chunk)
     m_hr = sample_nearest(model.modulation_intensity(state), coord, (h, w))
     lo, hi = caps.intensity_range
     buckets = [lo + (hi - lo) * i / 100 for i in range(101)]
@@ -359,7 +407,7 @@ def update_table(model, inp, table, mse_threshold, scale, cell_clip=1.0, chunk=N
             break
         qh, qw = int(h * s), int(w * s)
         low_coord = make_coord((qh, qw), device=inp.device)
-        low = render_points(model, state, low_coord, _cells(qh * qw, qh, qw, 1.0, low_coord), chunk)
+        low = render_on_grid(model, state, low_coord, qh, qw, _cells(1, qh, qw, 1.0, low_coord)[0], chunk)
         up = bilinear(low.t().reshape(1, 3, qh, qw), coord)
         best = table[s]
         for b in list(buckets):

@@ -27,10 +27,11 @@ The models' queries run unchunked in the graph (all H x W queries at once): memo
 so large outputs should be rendered in tiles (:func:`run_tiled`, README "ONNX export").
 
 Export-friendly equivalents (each tested equal to the model in ``tests/test_onnx.py``): :class:`DynGrid`
-replaces ``LRGrid`` (same arithmetic, sizes from ``Shape``); LM models use their explicit query path (the
-training path: one gathered modulation row per query, no in-place updates of views) instead of the
-per-layer fast path (equal up to float rounding, ~1e-7); MetaSR's query is rewritten without
-``new_tensor`` of sizes. CMSR is a rendering strategy of the engine and is not part of the graphs.
+replaces ``LRGrid`` (same arithmetic, sizes from ``Shape``); LM models run their own ``latent_state`` on a
+``DynGrid`` and their explicit query path (the training path: one gathered modulation row per query, no
+in-place updates of views) instead of the per-layer fast path (equal up to float rounding, ~1e-7);
+MetaSR's query is rewritten without ``new_tensor`` of sizes. CMSR is a rendering strategy of the engine and
+is not part of the graphs.
 """
 import math
 
@@ -38,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.decoders.implicit import CLAMP, ENSEMBLE_OFFSETS, EPS_SHIFT, ImplicitDecoder, Neighbours, State, \
-    blend, flat_index, gather, pixel_table
+from models.decoders.implicit import ENSEMBLE_OFFSETS, EPS_SHIFT, ImplicitDecoder, LRGrid, State, blend, \
+    flat_index, gather, pixel_table
 from models.decoders.liif import LIIF, unfold3x3
 from models.decoders.lmliif import LMLIIF
 from models.decoders.lmlte import LMLTE
@@ -73,53 +74,24 @@ def axis_centres(n, like):
     return (-1.0 + r).to(like.dtype) + (2 * r).to(like.dtype) * k
 
 
-class DynGrid:
+class DynGrid(LRGrid):
     """``models.decoders.implicit.LRGrid`` (regular grid, no ``inp_coord``) with the size read from the
-    feature map, so that it follows the input size in an exported graph. Same interface (``size`` holds
-    0-d tensors) and the same float32 arithmetic, so results are bit-identical to ``LRGrid``."""
+    feature map, so that it follows the input size in an exported graph: ``size`` holds 0-d int64 tensors
+    and the pixel-centre axes are built from them (:func:`axis_centres`); every lookup is ``LRGrid``'s own
+    code, so results are bit-identical to ``LRGrid``. Also ``inv`` = (1 / h, 1 / w) for MetaSR."""
 
-    def __init__(self, feat):
+    def __init__(self, feat):       # LRGrid.__init__ builds the same constants from Python numbers
         h, w = spatial_size(feat)
         self.size = (h, w)
         self.feat_coord = None
+        self.axis_y, self.axis_x = axis_centres(h, feat), axis_centres(w, feat)
         hw = torch.stack([h, w]).to(feat.device)
         self.scale = hw.to(feat.dtype)                   # (h, w)
         self.half = self.scale / 2                       # (h / 2, w / 2), exact in float32
         hwd = hw.to(torch.float64)
-        r = 1.0 / hwd                                    # coord_axis: r = 2 / (2 n)
-        self.base = (-1.0 + r).to(feat.dtype)            # centre of pixel 0
-        self.step = (2 * r).to(feat.dtype)
-        self.inv = r.to(feat.dtype)                      # 1 / h, 1 / w (MetaSR's top-left corner)
+        self.inv = (1.0 / hwd).to(feat.dtype)            # 1 / h, 1 / w (MetaSR's top-left corner)
         offsets = torch.tensor(ENSEMBLE_OFFSETS, dtype=torch.float64, device=feat.device)
         self.ensemble_shifts = (offsets / hwd + EPS_SHIFT).to(feat.dtype).view(-1, 1, 1, 2)
-
-    def pixels(self, shifted):
-        """Nearest LR pixel (flat index ``y*w + x``) and its centre of clamped queries (..., 2)."""
-        h, w = self.size
-        pos = torch.round((shifted + 1) * self.half - 0.5)
-        top = (self.scale - 1).view(*([1] * (pos.dim() - 1)), 2)
-        pos = torch.minimum(torch.clamp(pos, min=0), top)
-        iy, ix = pos[..., 0], pos[..., 1]
-        flat = iy.long() * w + ix.long()
-        centre = torch.stack([self.base[0] + self.step[0] * iy, self.base[1] + self.step[1] * ix], -1)
-        return flat, centre
-
-    def lookup(self, coord, shift=(0.0, 0.0)):
-        return self.pixels((coord + coord.new_tensor(shift)).clamp(-CLAMP, CLAMP))
-
-    def neighbours(self, coord, local_ensemble=True):
-        if local_ensemble:
-            shifted = (coord.unsqueeze(0) + self.ensemble_shifts).clamp(-CLAMP, CLAMP)
-        else:
-            shifted = coord.clamp(-CLAMP, CLAMP).unsqueeze(0)
-        index, centre = self.pixels(shifted)
-        rel = (coord - centre) * self.scale
-        area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
-        weight = area.flip(0) / area.sum(0) if local_ensemble else area / area
-        return Neighbours(index, rel, weight)
-
-    def relative_cell(self, cell):
-        return cell * self.scale
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -176,7 +148,17 @@ class MetaSRGraph(ImplicitGraph):
 
 
 class LMGraph(ImplicitGraph):
-    """LM models: the explicit query path (what training runs), which exports without in-place view ops."""
+    """LM models: ``prepare`` is the model's own per-pixel work (``latent_state``) on a :class:`DynGrid`;
+    ``query`` the explicit path (what training runs), which exports without in-place view ops."""
+
+    def prepare(self, inp, cell):
+        m = self.model
+        feat = m.encoder(inp)
+        return m.latent_state(inp, feat, DynGrid(feat), cell)
+
+    def render_input(self, state, idx, rel, rel_cell):
+        """The model's ``render_input`` (``rel_cell`` here already has one row per neighbour and query)."""
+        return self.model.render_input(state, idx, rel, rel_cell)
 
     def query(self, state, coord, cell):
         m = self.model
@@ -194,48 +176,7 @@ class LMGraph(ImplicitGraph):
         return out if skip is None else out + skip
 
 
-class LMLIIFGraph(LMGraph):
-    def prepare(self, inp, cell):
-        m = self.model
-        feat = m.encoder(inp)
-        B, C, h, w = feat.shape
-        grid = DynGrid(feat)
-        rich = unfold3x3(feat) if m.feat_unfold else feat
-        z = rich.permute(0, 2, 3, 1)
-        if m.cell_decode:
-            rc = m.hidden_cell(cell, grid).view(B, 1, 1, 2).expand(B, h, w, 2)
-            z = torch.cat([z, rc.to(z.dtype)], dim=-1)
-        mod = m.hypernet(z).reshape(B * h * w, -1)
-        latent = mod[:, m.mod_dim:] if m.mod_input else pixel_table(feat)
-        return State(inp=inp, mod=mod, latent=latent, grid=grid)
-
-    def render_input(self, state, idx, rel, rel_cell):
-        parts = [gather(state.latent, idx), rel]
-        if self.model.cell_decode:
-            parts.append(rel_cell)
-        return torch.cat(parts, dim=-1)
-
-
 class LMLTEGraph(LMGraph):
-    def prepare(self, inp, cell):
-        m = self.model
-        feat = m.encoder(inp)
-        B, C, h, w = feat.shape
-        grid = DynGrid(feat)
-        coef = m.coef(feat).permute(0, 2, 3, 1)
-        freq = m.freq(feat).permute(0, 2, 3, 1)
-        g = freq.unflatten(-1, (-1, 2)).sum(-1)
-        if m.cell_decode:
-            g = g + m.phase(m.hidden_cell(cell, grid)).view(B, 1, 1, -1)
-        g = g * math.pi
-        mod = m.hypernet(coef * torch.cat([torch.cos(g), torch.sin(g)], dim=-1)).reshape(B * h * w, -1)
-        if m.mod_input:
-            amp, frq = mod[:, m.mod_dim:].chunk(2, dim=1)
-        else:
-            amp, frq = coef.reshape(B * h * w, -1), freq.reshape(B * h * w, -1)
-        basis = torch.cat([amp, frq[:, 0::2], frq[:, 1::2]], dim=1)
-        return State(inp=inp, mod=mod, basis=basis, grid=grid)
-
     def render_input(self, state, idx, rel, rel_cell):
         """``LMLTE.render_input`` without in-place updates of views."""
         m = self.model
@@ -251,7 +192,7 @@ class LMLTEGraph(LMGraph):
 
 
 #: Implicit model classes with an export form (subclasses first: LM models are ImplicitDecoders too).
-GRAPHS = ((LMLIIF, LMLIIFGraph), (LMLTE, LMLTEGraph), (LIIF, LIIFGraph), (LTE, LTEGraph), (MetaSR, MetaSRGraph))
+GRAPHS = ((LMLIIF, LMGraph), (LMLTE, LMLTEGraph), (LIIF, LIIFGraph), (LTE, LTEGraph), (MetaSR, MetaSRGraph))
 
 
 def implicit_graph(model):

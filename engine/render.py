@@ -154,14 +154,42 @@ class QueryPlan:
         xs = target_axis(W, w, wf, j0, j1, origin[1], device=device)
         return (i0, i1), (j0, j1), ys, xs
 
-    def blocks(self, n_rows, n_cols):
-        """Query blocks [(a, b), (c, d)) of an n_rows x n_cols target grid, at most ``chunk`` queries each,
-        whole rows where a row fits (so each call is one contiguous band of the output)."""
-        cols = min(n_cols, self.chunk)
-        rows = max(1, self.chunk // max(cols, 1))
-        for a in range(0, n_rows, rows):
-            for c in range(0, n_cols, cols):
-                yield (a, min(a + rows, n_rows)), (c, min(c + cols, n_cols))
+    def blocks(self, n_rows, n_cols, runs=None):
+        """Query blocks [(a, b), (c, d)) of an n_rows x n_cols target grid, at most ``chunk`` queries each.
+
+        Without ``runs``: whole rows where a row fits (each call is one contiguous band of the output).
+        With ``runs`` (``lr_row_runs``: consecutive target rows between the same two LR pixel centres,
+        which read the same LR rows): blocks hold whole runs, as many as fit, and a run too long for one
+        block is split into equal column ranges instead, so that grid models (``query_grid``) see whole
+        groups of rows sharing their per-pixel terms.
+        """
+        if runs is None:
+            cols = min(n_cols, self.chunk)
+            rows = max(1, self.chunk // max(cols, 1))
+            for a in range(0, n_rows, rows):
+                for c in range(0, n_cols, cols):
+                    yield (a, min(a + rows, n_rows)), (c, min(c + cols, n_cols))
+            return
+        i = 0
+        while i < len(runs):
+            a, b = runs[i]
+            i += 1
+            while i < len(runs) and (runs[i][1] - a) * n_cols <= self.chunk:
+                b = runs[i][1]
+                i += 1
+            parts = -(-(b - a) * n_cols // self.chunk)           # column ranges of at most chunk queries
+            step = -(-n_cols // parts)
+            for c in range(0, n_cols, step):
+                yield (a, b), (c, min(c + step, n_cols))
+
+    @staticmethod
+    def lr_row_runs(ys, frame_rows):
+        """Runs [(a, b)) of consecutive target rows (coordinates ``ys`` (n,) in a frame of ``frame_rows`` LR
+        rows) that lie between the same two LR pixel centres. (A boundary off by one row costs speed only.)"""
+        cell = torch.floor((ys.double() + 1) * (frame_rows / 2) - 0.5)
+        cuts = (torch.nonzero(cell[1:] != cell[:-1]).flatten() + 1).tolist()
+        edges = [0] + cuts + [ys.numel()]
+        return list(zip(edges[:-1], edges[1:]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -274,7 +302,8 @@ def render_region(model, plan, x, core_rows, core_cols, out, stats, progress=Non
     state = model.prepare(xt, cell1)
     grid_queries = model.capabilities.grid_queries
     n = 0
-    for (a, b), (c, d) in plan.blocks(i1 - i0, j1 - j0):
+    runs = plan.lr_row_runs(ys, frame[0]) if grid_queries else None
+    for (a, b), (c, d) in plan.blocks(i1 - i0, j1 - j0, runs):
         q = (b - a) * (d - c)
         if grid_queries:       # the model answers the grid block directly (same values, faster)
             pred = model.query_grid(state, ys[a:b], xs[c:d], cell1[:, 0])
@@ -282,7 +311,7 @@ def render_region(model, plan, x, core_rows, core_cols, out, stats, progress=Non
             coord = torch.stack(torch.meshgrid(ys[a:b], xs[c:d], indexing='ij'), -1).view(1, -1, 2).expand(B, -1, 2)
             pred = model.query(state, coord, cell1.expand(B, q, 2))
         stats.record_call(q)
-        out[:, :, i0 + a:i0 + b, j0 + c:j0 + d] = pred.view(B, b - a, d - c, 3).permute(0, 3, 1, 2)
+        out[:, :, i0 + a:i0 + b, j0 + c:j0 + d] = pred.reshape(B, b - a, d - c, 3).permute(0, 3, 1, 2)
         n += q
         if progress is not None:
             progress(q)

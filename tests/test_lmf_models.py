@@ -21,12 +21,9 @@ from models.decoders.lte import bilinear_skip
 from utils.config import load_config
 from utils.coords import make_cell, make_coord
 
-from .conftest import load_golden
+from engine import cmsr
 
-try:                                   # CMSR moved from models/ to engine/ (temporary fallback)
-    from engine import cmsr
-except ImportError:                    # pragma: no cover
-    from models import cmsr
+from .conftest import load_golden
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4

@@ -12,7 +12,9 @@ import models
 import test as test_script
 from engine.inference import Upscaler
 from engine import cmsr
+from models.checkpoint import load_model
 from utils.image import load_image
+from utils import metrics
 
 from .conftest import DATA, ROOT, load_golden, need, run_test, set5_opts, smooth_uint8
 
@@ -37,16 +39,40 @@ def test_bicubic_baseline_on_set5(tmp_path, capsys, scale):
     assert abs(np.mean([float(r['psnr']) for r in rows]) - summary['psnr']) < 1e-9
 
 
+def read_rgb(path):
+    """An 8-bit RGB file as float32 (1, 3, H, W) in [0, 1] (k / 255), read with PIL."""
+    arr = np.asarray(Image.open(path).convert('RGB'), dtype=np.float32) / 255
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
 @pytest.mark.parametrize('name', ['lmliif_edsr', 'liif_edsr'])
 def test_golden_checkpoints_run_end_to_end(tmp_path, capsys, name):
+    """test.py's per-image rows and saved images equal an independent run: the same checkpoint loaded with
+    ``load_model``, each Set5 x4 LR file upscaled by the engine to its HR size and scored with utils.metrics
+    (Y, border 4, the published ``calc_psnr``)."""
     ckpt = golden_checkpoint(tmp_path, name)
     save_dir = tmp_path / 'sr'
     summary, results, _ = run_test(tmp_path, capsys, '--config', str(ROOT / 'configs/test/set5-x4.yaml'),
                                    '--model', str(ckpt), '--save-dir', str(save_dir), *set5_opts(4))
     rows = list(csv.DictReader(open(results / 'per_image.csv')))
-    assert len(rows) == 5 and all(float(r['psnr']) > 10 and 0 < float(r['ssim']) <= 1 for r in rows)
-    assert sorted(p.name for p in save_dir.iterdir())[0] == 'benchmark-4_001.png'
-    assert Image.open(save_dir / 'benchmark-4_001.png').size == (512, 512)
+    names = ['baby', 'bird', 'butterfly', 'head', 'woman']
+    assert [r['name'] for r in rows] == names
+    assert sorted(p.name for p in save_dir.iterdir()) == [f'benchmark-4_{i:03d}.png' for i in range(1, 6)]
+    base = DATA / 'benchmark' / 'Set5'
+    upscale = Upscaler(load_model(str(ckpt)))
+    for i, (row, stem) in enumerate(zip(rows, names), 1):
+        lr = read_rgb(base / 'LR_bicubic' / 'X4' / f'{stem}x4.png')
+        h, w = lr.shape[-2:]
+        hr = read_rgb(base / 'HR' / f'{stem}.png')[..., :4 * h, :4 * w]
+        assert (row['lr_size'], row['hr_size']) == (f'{h}x{w}', f'{4 * h}x{4 * w}')
+        with torch.no_grad():
+            sr = upscale(lr, (4 * h, 4 * w))
+        assert abs(float(row['psnr']) - float(metrics.psnr(sr, hr, dataset='benchmark', scale=4)[0])) <= 1e-3, row
+        assert abs(float(row['ssim']) - float(metrics.ssim(sr, hr, crop_border=4)[0])) <= 1e-6, row
+        saved = np.asarray(Image.open(save_dir / f'benchmark-4_{i:03d}.png'))
+        expected = np.round(np.clip(sr[0].permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
+        assert saved.shape == (4 * h, 4 * w, 3) and np.array_equal(saved, expected), stem
+    assert abs(summary['psnr'] - np.mean([float(r['psnr']) for r in rows])) < 1e-9
 
 
 def test_lmf_protocol_and_cmsr_at_x8(tmp_path, capsys):

@@ -24,15 +24,33 @@ def one_line(text, limit=400):
 # ------------------------------------------------------------------------------------------------
 # numbers
 # ------------------------------------------------------------------------------------------------
+def _given(value, name, allow_none, kind):
+    """Common start of ``integer`` and ``number``: False for a None that ``allow_none`` permits (the caller
+    returns None), True for a value to convert; ``InputError`` for a missing required value or a bool
+    (never a number here). ``kind``: 'an integer' / 'a number', for the message."""
+    if value is None:
+        if allow_none:
+            return False
+        raise InputError(f'{name} is required')
+    if isinstance(value, bool):
+        raise InputError(f'{name} must be {kind}, got {value!r}')
+    return True
+
+
+def _in_range(v, shown, name, minimum, maximum, spec=''):
+    """Common end of ``integer`` and ``number``: ``InputError`` unless minimum <= v <= maximum (None: no
+    bound); messages show the bound formatted with ``spec`` and the value as ``shown``."""
+    if minimum is not None and v < minimum:
+        raise InputError(f'{name} must be >= {minimum:{spec}}, got {shown}')
+    if maximum is not None and v > maximum:
+        raise InputError(f'{name} must be <= {maximum:{spec}}, got {shown}')
+
+
 def integer(value, name, minimum=None, maximum=None, allow_none=True):
     """``value`` as an int within [minimum, maximum] (integer text such as '7' accepted); bools, floats with a
     fraction and other text are refused, naming ``name``."""
-    if value is None:
-        if allow_none:
-            return None
-        raise InputError(f'{name} is required')
-    if isinstance(value, bool):
-        raise InputError(f'{name} must be an integer, got {value!r}')
+    if not _given(value, name, allow_none, 'an integer'):
+        return None
     if isinstance(value, float):
         if not (math.isfinite(value) and value.is_integer()):
             raise InputError(f'{name} must be an integer, got {value!r}')
@@ -51,21 +69,14 @@ def integer(value, name, minimum=None, maximum=None, allow_none=True):
                 raise TypeError
         except TypeError:
             raise InputError(f'{name} must be an integer, got {type(value).__name__} {value!r:.80}') from None
-    if minimum is not None and value < minimum:
-        raise InputError(f'{name} must be >= {minimum}, got {value}')
-    if maximum is not None and value > maximum:
-        raise InputError(f'{name} must be <= {maximum}, got {value}')
+    _in_range(value, value, name, minimum, maximum)
     return value
 
 
 def number(value, name, minimum=None, maximum=None, positive=False, allow_none=True):
     """``value`` as a finite float (text such as '1e-4' accepted) within the given bounds."""
-    if value is None:
-        if allow_none:
-            return None
-        raise InputError(f'{name} is required')
-    if isinstance(value, bool):
-        raise InputError(f'{name} must be a number, got {value!r}')
+    if not _given(value, name, allow_none, 'a number'):
+        return None
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -74,10 +85,7 @@ def number(value, name, minimum=None, maximum=None, positive=False, allow_none=T
         raise InputError(f'{name} must be a finite number, got {value!r}')
     if positive and v <= 0:
         raise InputError(f'{name} must be > 0, got {value!r}')
-    if minimum is not None and v < minimum:
-        raise InputError(f'{name} must be >= {minimum:g}, got {value!r}')
-    if maximum is not None and v > maximum:
-        raise InputError(f'{name} must be <= {maximum:g}, got {value!r}')
+    _in_range(v, repr(value), name, minimum, maximum, 'g')
     return v
 
 
@@ -229,6 +237,16 @@ def _nearest_existing(path):
     return p
 
 
+def _creatable(folder, name, path, what):
+    """Check that the absent ``folder`` can be created with its parents: its nearest existing ancestor is a
+    writable folder. Messages name the option and ``path``; ``what`` is how they call ``folder``."""
+    base = _nearest_existing(folder)
+    if not os.path.isdir(base):
+        raise InputError(f'{name} {path}: {base} is a file, not a folder')
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f'{name} {path}: cannot create {what} ({base} is not writable)')
+
+
 def output_file(path, name, inputs=(), create_parent=False, extensions=None):
     """A file we may create or replace: not a folder, not equal to any of ``inputs``, folder writable.
 
@@ -258,11 +276,7 @@ def output_file(path, name, inputs=(), create_parent=False, extensions=None):
             if os.path.exists(folder):
                 raise InputError(f'{name} {path}: {folder} is a file, not a folder')
             raise InputError(f'{name} {path}: output folder {folder} does not exist')
-        base = _nearest_existing(folder)
-        if not os.path.isdir(base):
-            raise InputError(f'{name} {path}: {base} is a file, not a folder')
-        if not os.access(base, os.W_OK | os.X_OK):
-            raise InputError(f'{name} {path}: cannot create {folder} ({base} is not writable)')
+        _creatable(folder, name, path, folder)
         return path
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f'{name} {path}: folder {folder} is not writable')
@@ -287,11 +301,7 @@ def output_folder(path, name, inputs=()):
         if not os.access(path, os.W_OK | os.X_OK):
             raise InputError(f'{name} {path}: folder is not writable')
         return path
-    base = _nearest_existing(path)
-    if not os.path.isdir(base):
-        raise InputError(f'{name} {path}: {base} is a file, not a folder')
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise InputError(f'{name} {path}: cannot create it ({base} is not writable)')
+    _creatable(path, name, path, 'it')
     return path
 
 

@@ -29,7 +29,7 @@ from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
 from .ciaosr import NONLOCAL_TILE, CrossScaleAttention, nonlocal_macs_per_pixel, tiled_nonlocal
-from .implicit import LRGrid, State, feat_coord_table, gather
+from .implicit import State
 from .liif import unfold3x3
 from .lmliif import LMDecoder
 from .lte import bilinear_skip
@@ -132,46 +132,14 @@ class LMCiaoSR(LMDecoder):
             z = z + attn[..., i:i + 1] * values[i]
         return z.reshape(B * h * w, -1)
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = self.encoder(inp)
-        B, C, h, w = feat.shape
-        grid = LRGrid((h, w), feat, feat_coord_table(inp_coord, feat))
+    def latent_state(self, inp, feat, grid, cell):
         z = self.latent_input(feat, cell, grid)
         mod = self.hypernet_q(z)
         latent = mod[:, self.mod_dim:].contiguous() if self.mod_input else z
         return State(inp=inp, mod=mod, latent=latent, grid=grid, lr_skip=True)
 
-    def render_input(self, state, idx, rel, rel_cell):
-        return torch.cat([gather(state.latent, idx), rel], dim=-1)
-
+    # render input [latent(p), rel_coord] (no cell): LMDecoder's linear layer 0 (``render_cell`` False)
     grid_queries = True
-
-    def layer0_table(self, state):
-        """Per-LR-pixel part of the render MLP's first layer, ``latent @ W0[:, :d]^T + b0`` (P, hd),
-        once per image (float32, then cast to the render precision)."""
-        key = f'layer0:{self.render_dtype}'
-        if key not in state:
-            layer = self.imnet_q.layers[0]
-            d = state.latent.shape[1]
-            state[key] = torch.addmm(layer.bias, state.latent, layer.weight[:, :d].t()).to(self.render_dtype)
-        return state[key]
-
-    def render_layer0(self, state, idx, rel, rel_cell):
-        # [latent | rel] @ W0^T + b0: the per-pixel part from ``layer0_table``, the rel term per query
-        W = self.imnet_q.layers[0].weight.to(rel.dtype)
-        d = state.latent.shape[1]
-        x = gather(self.layer0_table(state), idx)
-        x.addmm_(rel, W[:, d:d + 2].t())
-        return x
-
-    def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
-        K, G, r = rel_y.shape
-        m = rel_x.shape[1]
-        W = self.imnet_q.layers[0].weight.to(rel_y.dtype)
-        d = state.latent.shape[1]
-        base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, G, 1, m, -1)
-        base = base + rel_x.view(K, 1, 1, m, 1) * W[:, d + 1]
-        return base + rel_y.view(K, G, r, 1, 1) * W[:, d]
 
     def skip_grid(self, state, b, ys, xs):
         if not state.get('lr_skip', True):

@@ -4,12 +4,15 @@ An LM model moves the expensive part of the decoder to LR resolution: a *latent 
 maps each LR pixel's rich feature to the modulations of a tiny *render MLP* (``imnet``, an ``lmmlp``),
 which is the only network evaluated per HR query.
 
-Per-image state (``prepare``):
+Per-image state (``prepare`` = encoder + ``latent_state``):
     ``mod`` table (B*h*w, M [+ latent]): hypernet output for every LR pixel, computed with the cell of
     the first query (docs/deviations.md, B13: all cells of a query set are equal in every published path).
 Per query (``query``):
     training mode -> explicit modulations gathered as full rows (autograd-friendly);
     eval mode     -> ``query_fast`` (chunked by the caller, ``capabilities.chunk`` queries per call).
+Per query grid (``query_grid``, what the engine calls for whole target grids): ``render_band`` runs the
+render MLP as one dense product per layer over rows grouped by the LR pixel rows they read, with per-pixel
+terms broadcast (see its docstring). All three agree to float rounding (tests/test_lm_grid_path.py).
 
 CMSR (multi-scale rendering driven by ``modulation_intensity``) is a rendering strategy of the engine
 (``engine/cmsr.py``); the model only exposes the intensity. ``cmsr_spec`` / ``mixed_le`` constructor
@@ -23,7 +26,7 @@ from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, LRGrid, State, blend, feat_coord_table, flat_index, gather, pixel_table
-from .liif import unfold3x3
+from .mlp import MLP
 
 
 def _cache_bytes(level):
@@ -50,20 +53,50 @@ def _cache_bytes(level):
 def machine_chunk(bytes_per_query, device_type='cpu'):
     """Queries per render call for this machine, computed once per process from its cache sizes.
 
-    CPU: the largest power of two whose per-layer activation (``bytes_per_query`` each) fits in an
-    eighth of the last-level cache (L3; 8 x L2 when there is no L3; 4 MiB assumed when sysfs says
-    nothing), clamped to [4096, 65536]. Measured on a 2-core machine (512 KiB L2, 32 MiB L3): 16384
-    for LM-LIIF/LM-LTE, within noise of the best of 4096..65536. Accelerators: 2**20 (throughput grows
-    with the batch).
+    CPU: the largest power of two whose render working set (``bytes_per_query`` each) fits in half the
+    last-level cache (L3; the L2 size when there is no L3; 4 MiB assumed when sysfs says nothing),
+    clamped to [4096, 65536]: larger calls amortise the per-call work until the working set spills out
+    of the cache. Measured on a 2-core machine (512 KiB L2, 32 MiB L3), LM-LIIF's grid path at 160x90
+    x8 (one process, best of 5): 8192 queries 0.63 s, 16384 0.44 s, 24576 0.39 s, 32768 0.34 s (chosen),
+    49152 0.45 s, 65536 0.82 s; LM-LTE (twice the bytes per query): 16384 (chosen) 0.74 s, 32768 0.88 s.
+    Accelerators: 2**20 (throughput grows with the batch).
     """
     if device_type != 'cpu':
         return 1 << 20
     l3, l2 = _cache_bytes(3), _cache_bytes(2)
-    budget = l3 // 8 if l3 else (8 * l2 if l2 else 4 << 20)
+    budget = l3 // 4 if l3 else (l2 if l2 else 4 << 20)
     n = 4096
     while n * 2 * bytes_per_query <= budget and n < 65536:
         n *= 2
     return n
+
+
+def _modulate(x, scale, shift):
+    """In place: ``x * scale + shift`` with either factor possibly None (broadcast over x)."""
+    if scale is not None and shift is not None:
+        torch.addcmul(shift, x, scale, out=x)
+    elif scale is not None:
+        x.mul_(scale)
+    elif shift is not None:
+        x.add_(shift)
+
+
+def row_bands(rows, h):
+    """Bands of a query grid's rows for ``LMDecoder.query_grid``.
+
+    ``rows``: ``LRGrid.axis_neighbours`` of the query rows (a list over the ensemble's row shifts of
+    (pixel row (n,), rel (n,))); ``h``: LR rows. Consecutive query rows whose neighbours read the same
+    pixel rows form a group; groups of equal length r form one band (rows need not be adjacent).
+    Returns [(r, first row of each group (G,), the band's rows (G r,) group-major)].
+    """
+    key = rows[0][0] * (h + 1) + rows[-1][0]
+    counts = torch.unique_consecutive(key, return_counts=True)[1]
+    starts = torch.cumsum(counts, 0) - counts
+    bands = []
+    for r in torch.unique(counts).tolist():
+        first = starts[counts == r]
+        bands.append((r, first, (first.unsqueeze(1) + torch.arange(r, device=first.device)).reshape(-1)))
+    return bands
 
 
 class LMDecoder(ImplicitDecoder):
@@ -80,35 +113,76 @@ class LMDecoder(ImplicitDecoder):
         self._compiled_query = None
 
     def preferred_chunk(self):
-        """Chunk from the machine's cache sizes (``machine_chunk``): the activation that passes through
-        every render layer is 4 neighbours x hd values per query."""
-        hd = self.imnet.hidden_dim
-        per_query = 4 * hd * torch.finfo(self.render_dtype).bits // 8
+        """Chunk from the machine's cache sizes (``machine_chunk``) and the render working set per query
+        (``render_row_floats`` values: ``render_band`` renders one neighbour at a time)."""
+        per_query = self.render_row_floats() * torch.finfo(self.render_dtype).bits // 8
         device = next(self.parameters()).device.type
         return machine_chunk(per_query, device)
+
+    def render_row_floats(self):
+        """Values live per query while ``render_band`` renders one neighbour: its two activation buffers."""
+        return 2 * self.imnet.hidden_dim
+
+    def prepare(self, inp, cell=None, inp_coord=None):
+        """Encoder, LR grid, then the per-LR-pixel work of ``latent_state``."""
+        feat = self.encoder(inp)
+        grid = LRGrid(tuple(feat.shape[-2:]), feat, feat_coord_table(inp_coord, feat))
+        return self.latent_state(inp, feat, grid, cell)
+
+    def latent_state(self, inp, feat, grid, cell):
+        """Per-image state from the encoder features ``feat`` (B, C, h, w) on ``grid`` and the queries'
+        ``cell`` (B, Q, 2; the first one is used): ``mod`` (B*h*w, M [+ latent]) and whatever the render
+        MLP reads per pixel. (Deployment graphs call it with their own shape-dynamic grid.)"""
+        raise NotImplementedError
 
     def modulation_intensity(self, state):
         """Mean |shift modulation| per LR pixel, (B*h*w,): what CMSR compares with its thresholds."""
         M = self.mod_dim
         return state.mod[:, M // 2:M].abs().mean(dim=1)
 
-    # ---- subclasses provide ----
+    # ---- layer 0 of the render MLP ----
+    # Default (LM-LIIF, LM-CiaoSR): layer 0 is linear in [latent(p) (d) | rel_y, rel_x | rel cell (2, with
+    # ``render_cell``)], so its per-pixel part is tabulated once per image and the rest is a few products per
+    # query. Models whose layer 0 is not linear in the relative coordinate (LM-LTE) set ``linear_layer0``
+    # False and override ``render_layer0`` and ``layer0_grid``.
+    linear_layer0 = True
+    render_cell = False
+
     def render_input(self, state, idx, rel, rel_cell):
         """Render-MLP input (N, in_dim) for gathered pixels ``idx`` (N,), rel coords (N, 2) and
         relative cells per query (B*q, 2), shared by the K neighbours (rows are neighbour-major,
         N = K*B*q). Explicit form, used by the training path."""
-        raise NotImplementedError
+        parts = [gather(state.latent, idx), rel]
+        if self.render_cell:
+            parts.append(rel_cell.repeat(rel.shape[0] // rel_cell.shape[0], 1))
+        return torch.cat(parts, dim=-1)
+
+    def layer0_table(self, state):
+        """Per-LR-pixel part of the render MLP's first layer, ``latent @ W0[:, :d]^T + b0`` (P, hd),
+        computed once per image at LR resolution (float32, then cast to the render precision)."""
+        key = f'layer0:{self.render_dtype}'
+        if key not in state:
+            layer = self.imnet.layers[0]
+            d = state.latent.shape[1]
+            state[key] = torch.addmm(layer.bias, state.latent, layer.weight[:, :d].t()).to(self.render_dtype)
+        return state[key]
+
+    def layer0_rel_weights(self, state, dtype):
+        """Columns of W0 that multiply rel_y, rel_x and (with ``render_cell``) the relative cell:
+        (hd,), (hd,), (hd, 2) or None."""
+        W = self.imnet.layers[0].weight.to(dtype)
+        d = state.latent.shape[1]
+        return W[:, d], W[:, d + 1], (W[:, d + 2:d + 4] if self.render_cell else None)
 
     def render_layer0(self, state, idx, rel, rel_cell):
         """Pre-activation of the render MLP's first layer (N, hd) for the fast path. ``rel_cell``
         is per query (B*q, 2), shared by the K neighbours (rows are neighbour-major: N = K*B*q)."""
-        raise NotImplementedError
-
-    def skip(self, state, coord):
-        return None
-
-    #: subclasses implementing ``layer0_grid`` answer whole query grids with ``query_grid``
-    grid_queries = False
+        wy, wx, wc = self.layer0_rel_weights(state, rel.dtype)
+        x = gather(self.layer0_table(state), idx)
+        x.addmm_(rel, torch.stack([wy, wx], dim=1).t())
+        if wc is not None:
+            x.view(-1, rel_cell.shape[0], x.shape[1]).add_(torch.mm(rel_cell, wc.t()))
+        return x
 
     def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
         """Pre-activation of the render MLP's first layer for a band of a query grid, (K, G, r, W, hd).
@@ -116,9 +190,28 @@ class LMDecoder(ImplicitDecoder):
         ``pix`` (K, G, W): flat pixel index (batch offset included) of neighbour k for the g-th group
         of r query rows sharing their pixel rows, at each of the W query columns; ``rel_y`` (K, G, r),
         ``rel_x`` (K, W): relative coordinates; ``rel_cell`` (2,): the grid's relative cell.
-        Per-pixel terms are read once per group and broadcast over its r rows.
+        (With ``linear_layer0`` the grid path fuses this with the modulation instead of calling it.)
         """
-        raise NotImplementedError
+        base = self._layer0_columns(state, pix, rel_x, rel_cell)
+        wy = self.layer0_rel_weights(state, rel_y.dtype)[0]
+        K, G, r = rel_y.shape
+        return torch.addcmul(base, rel_y.view(K, G, r, 1, 1), wy)
+
+    def _layer0_columns(self, state, pix, rel_x, rel_cell):
+        """Linear layer 0 without its rel_y term, per (neighbour, group, column): (K, G, 1, W, hd)."""
+        K, G, m = pix.shape
+        _, wx, wc = self.layer0_rel_weights(state, rel_x.dtype)
+        base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, G, 1, m, -1)
+        base.addcmul_(rel_x.view(K, 1, 1, m, 1), wx)
+        if wc is not None:
+            base.add_(torch.mv(wc, rel_cell))
+        return base
+
+    def skip(self, state, coord):
+        return None
+
+    #: subclasses that can answer whole query grids (``query_grid``) set this
+    grid_queries = False
 
     # ---- shared ----
     @staticmethod
@@ -192,13 +285,12 @@ class LMDecoder(ImplicitDecoder):
 
     def query_grid(self, state, ys, xs, cell):
         """Eval path for a grid of queries: ``ys`` (n,), ``xs`` (m,) coordinates (row, col), ``cell``
-        (B, 2) the same for every query -> (B, n, m, 3), equal (to float rounding) to ``query`` on the
-        meshgrid.
+        (B, 2) the same for every query -> (B, n, m, 3) (a channels-last view of a channels-first
+        tensor), equal (to float rounding) to ``query`` on the meshgrid.
 
         Query rows are grouped by the LR pixel rows their ensemble neighbours read; groups of equal
         length r form bands in which every per-pixel quantity (layer-0 term, modulations) is gathered
-        once per (group, column) and broadcast over the r rows, so each layer is one dense product
-        over all K x rows x columns queries followed by in-place broadcast modulation and ReLU.
+        once per (group, column) and broadcast over the r rows (``render_band``).
         """
         grid = state.grid
         if grid.feat_coord is not None:       # irregular LR grid: not separable, use the general path
@@ -212,76 +304,116 @@ class LMDecoder(ImplicitDecoder):
         cols = grid.axis_neighbours(xs, 1, self.local_ensemble)
         combos = [(a, b) for a in range(len(rows)) for b in range(len(cols))]   # (row shift, col shift), row outer
         K = len(combos)
-        dt = self.render_dtype
-        tables = self.grid_tables(state)
-        hd = self.imnet.hidden_dim
-        rel_cells = grid.relative_cell(cell).to(dt)
-        rel_x = torch.stack([cols[b][1] for _, b in combos]).to(dt)                          # (K, W)
+        rel_cells = grid.relative_cell(cell).to(self.render_dtype)
+        rel_x = torch.stack([cols[b][1] for _, b in combos])                                 # (K, W)
         col_pix = torch.stack([cols[b][0] for _, b in combos])                               # (K, W)
-        # groups: runs of consecutive query rows whose neighbours read the same pixel rows; runs of
-        # equal length r are processed together (rows need not be adjacent), one band per length
-        key = rows[0][0] * (h + 1) + rows[-1][0]
-        counts = torch.unique_consecutive(key, return_counts=True)[1]
-        starts = torch.cumsum(counts, 0) - counts
-        bands = []
-        for r in torch.unique(counts).tolist():
-            first = starts[counts == r]
-            bands.append((r, first, (first.unsqueeze(1) + torch.arange(r, device=first.device)).reshape(-1)))
-        out = ys.new_empty(B, n, m, 3)
-        layers = [self.imnet.hidden(k) for k in range(self.imnet.hidden_depth)]
-        weights = [(layer.weight.to(dt).t(), layer.bias.to(dt)) for layer in layers]
-        last = self.imnet.layers[-1]
-        w_out, b_out = last.weight.to(dt).t(), last.bias.to(dt)
+        c_out = self.imnet.out_dim
+        out = ys.new_empty(B, c_out, n, m)
         for bi in range(B):
-            for r, first, row_idx in bands:
+            for r, first, row_idx in row_bands(rows, h):
                 G = first.numel()
                 row_pix = torch.stack([rows[a][0][first] for a, _ in combos])                # (K, G)
-                pix = (row_pix * w).unsqueeze(-1) + col_pix.unsqueeze(1) + bi * h * w          # (K, G, W)
-                ry = torch.stack([rows[a][1][row_idx] for a, _ in combos])                   # (K, G r)
-                rel_y = ry.view(K, G, r).to(dt)
-                x = self.layer0_grid(state, pix, rel_y, rel_x, rel_cells[bi])                 # (K, G, r, W, hd)
-                flat = pix.reshape(-1)
-                for k in range(len(layers)):
-                    if k > 0:     # the bias is folded into the shift table (``grid_tables``)
-                        x = torch.mm(x.view(-1, hd), weights[k][0]).view(K, G, r, m, hd)
-                    mk = tables[k].index_select(0, flat).view(K, G, 1, m, -1)
-                    if self.imnet.mod_scale:
-                        torch.addcmul(mk[..., hd:], x, mk[..., :hd], out=x)
-                    else:
-                        x.add_(mk)
-                    x.clamp_min_(0)
-                preds = torch.addmm(b_out, x.view(-1, hd), w_out).view(K, G, r, m, -1).float()
-                area = (ry.view(K, G * r, 1) * rel_x.float().view(K, 1, m)).abs_().add_(1e-9)  # (K, G r, W)
-                wgt = area.flip(0) / area.sum(0) if K > 1 else area / area
-                preds = preds.view(K, G * r, m, -1)
-                res = preds[0] * wgt[0].unsqueeze(-1)
+                pix = (row_pix * w + bi * h * w).unsqueeze(-1) + col_pix.unsqueeze(1)         # (K, G, W)
+                ry = torch.stack([rows[a][1][row_idx] for a, _ in combos]).view(K, G, r)     # (K, G, r)
+                preds = self.render_band(state, pix, ry, rel_x, rel_cells[bi])               # (K, c, G r, W)
+                # local-ensemble blend: each neighbour weighted by the area of the diagonally opposite one
+                area = (ry.view(K, G * r, 1) * rel_x.view(K, 1, m)).abs_().add_(1e-9)          # (K, G r, W)
+                wgt = area.flip(0).div_(area.sum(0)) if K > 1 else area.div_(area)
+                res = preds[0] * wgt[0]
                 for k in range(1, K):
-                    res = res + preds[k] * wgt[k].unsqueeze(-1)
+                    res.addcmul_(preds[k], wgt[k])
                 skip = self.skip_grid(state, bi, ys[row_idx], xs)
-                out[bi, row_idx] = res if skip is None else res + skip
-        return out
+                if skip is not None:
+                    res.add_(skip.permute(2, 0, 1))
+                out[bi].index_copy_(1, row_idx, res)
+        return out.permute(0, 2, 3, 1)
 
-    def grid_tables(self, state):
-        """Per-layer per-pixel modulation tables for ``query_grid``, in the render precision, once per
-        image: ``[1 + s_k | b_k (1 + s_k) + t_k]`` (the layer bias folded into the shift, k >= 1; layer 0's
-        bias is part of ``layer0_grid``), or the single kind present. (P, 2hd) or (P, hd) each."""
-        key = f'grid_tables:{self.render_dtype}'
-        if key not in state:
-            imnet, tables = self.imnet, []
-            for k, t in enumerate(imnet.modulation_tables(state.mod)):
-                b = imnet.hidden(k).bias
-                if k > 0:
-                    if imnet.mod_scale and imnet.mod_shift:
-                        hd = imnet.hidden_dim
-                        t = torch.cat([t[:, :hd], torch.addcmul(t[:, hd:], t[:, :hd], b)], dim=1)
-                    elif imnet.mod_scale:
-                        t = torch.cat([t, t * b], dim=1)
-                    else:
-                        t = t + b
-                elif imnet.mod_scale and not imnet.mod_shift:
-                    t = torch.cat([t, torch.zeros_like(t)], dim=1)
-                tables.append(t.to(self.render_dtype).contiguous())
-            state[key] = tables
+    def render_band(self, state, pix, rel_y, rel_x, rel_cell):
+        """The render MLP on a band of K x G x r x W queries -> predictions (K, c_out, G r, W), float32.
+
+        One neighbour at a time (its activations, G r W x hd, stay in cache through all layers), one
+        dense product per hidden layer; the modulations of each (group, column) pixel are gathered once
+        and broadcast over the group's r rows; modulation and ReLU run in place on two buffers. With
+        ``linear_layer0``, layer 0 and its modulation are one broadcast product:
+        ``(base + y w_y) s + t = (base s + t) + y (w_y s)``, with ``base`` the per-pixel table plus the
+        column and cell terms.
+        """
+        p = self.grid_params(state)
+        K, G, r = rel_y.shape
+        m = rel_x.shape[1]
+        hd, dt = self.imnet.hidden_dim, p['dtype']
+        full, small = (G, r, m, hd), (G, 1, m, hd)
+        ry = rel_y.to(dt)
+        s0, t0 = (None if tab is None else tab.index_select(0, pix.reshape(-1)).view(K, *small)
+                  for tab in (p['scale'][0], p['shift'][0]))
+        if self.linear_layer0:
+            base = self._layer0_columns(state, pix, rel_x.to(dt), rel_cell).view(K, *small)
+            wy = p['layer0_wy']
+            if s0 is not None:
+                base = torch.addcmul(t0, base, s0) if t0 is not None else base.mul_(s0)
+                wy = s0 * wy
+            elif t0 is not None:
+                base.add_(t0)
+            wy = wy.expand(K, *small)
+        N = G * r * m
+        c4 = p['out_weight'].shape[0]
+        out = ry.new_empty(K, c4, N)
+        x, y = ry.new_empty(N, hd), ry.new_empty(N, hd)
+        for k in range(K):
+            if self.linear_layer0:
+                torch.addcmul(base[k], ry[k].view(G, r, 1, 1), wy[k], out=x.view(full))
+            else:
+                x = self.layer0_grid(state, pix[k:k + 1], ry[k:k + 1], rel_x[k:k + 1].to(dt), rel_cell).view(N, hd)
+                _modulate(x.view(full), None if s0 is None else s0[k], None if t0 is None else t0[k])
+            x.clamp_min_(0)
+            idx = pix[k].reshape(-1)
+            for layer in range(1, self.imnet.hidden_depth):
+                torch.mm(x, p['weight'][layer], out=y)
+                x, y = y, x
+                s, t = (None if tab is None else tab.index_select(0, idx).view(small)
+                        for tab in (p['scale'][layer], p['shift'][layer]))
+                _modulate(x.view(full), s, t)
+                x.clamp_min_(0)
+            torch.mm(p['out_weight'], x.t(), out=out[k])        # (c_out rounded up to 4, N): a fast narrow product
+        c = self.imnet.out_dim
+        preds = out[:, :c].add_(p['out_bias'].view(1, c, 1))
+        return preds.float().view(K, c, G * r, m)
+
+    def grid_params(self, state):
+        """Per-image constants of ``render_band`` in the render precision, computed once: per layer k the
+        per-pixel modulation tables ``scale`` (1 + s_k, or None without scale modulation) and ``shift`` (t_k,
+        or None without shift modulation; for k >= 1 the layer bias is folded in: b_k (1 + s_k) + t_k, or
+        b_k (1 + s_k), or b_k + t_k), (P, hd) each and contiguous; the transposed
+        hidden weights; the output layer (rows zero-padded to a multiple of 4) and its bias."""
+        dt = self.render_dtype
+        key = f'grid:{dt}'
+        if key in state:
+            return state[key]
+        imnet, hd = self.imnet, self.imnet.hidden_dim
+        mod = state.mod
+        scales, shifts, weights = [], [], []
+        for k in range(imnet.hidden_depth):
+            s = 1 + mod[:, imnet.scale_slice(k)] if imnet.mod_scale else None
+            t = mod[:, imnet.shift_slice(k)] if imnet.mod_shift else None
+            layer = imnet.hidden(k)
+            if k > 0:       # fold the bias: (W x + b) s + t = (W x) s + (b s + t)
+                b = layer.bias
+                if s is not None:
+                    t = torch.addcmul(t, s, b) if t is not None else s * b
+                else:
+                    t = t + b
+            scales.append(None if s is None else s.to(dt).contiguous())
+            shifts.append(None if t is None else t.to(dt).contiguous())
+            weights.append(layer.weight.t().to(dt).contiguous())
+        last = imnet.layers[-1]
+        c4 = -(-last.out_features // 4) * 4
+        out_weight = last.weight.new_zeros(c4, hd)
+        out_weight[:last.out_features] = last.weight
+        params = dict(dtype=dt, scale=scales, shift=shifts, weight=weights, out_weight=out_weight.to(dt),
+                      out_bias=last.bias.to(dt))
+        if self.linear_layer0:
+            params['layer0_wy'] = self.layer0_rel_weights(state, dt)[0].contiguous()
+        state[key] = params
         return state[key]
 
     def skip_grid(self, state, b, ys, xs):
@@ -318,63 +450,33 @@ class LMLIIF(LMDecoder):
         hyper_in = c * (9 if feat_unfold else 1) + (2 if cell_decode else 0)
         hyper_out = self.mod_dim + (hd if mod_input else 0)
         self.hypernet = registry.make(hypernet_spec, args={'in_dim': hyper_in, 'out_dim': hyper_out})
+        if not isinstance(self.hypernet, MLP):
+            raise ValueError(f"lmliif: hypernet_spec must build an 'mlp', got {hypernet_spec.get('name')!r}")
 
     def decoder_macs(self):
         K = 4 if self.local_ensemble else 1
         return linear_macs(self.hypernet.layers), K * linear_macs(self.imnet.layers)
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = self.encoder(inp)
+    def latent_state(self, inp, feat, grid, cell):
         B, C, h, w = feat.shape
-        grid = LRGrid((h, w), feat, feat_coord_table(inp_coord, feat))
-        rich = unfold3x3(feat) if self.feat_unfold else feat
-        z = rich.permute(0, 2, 3, 1)
-        if self.cell_decode:
-            rc = self.hidden_cell(cell, grid).view(B, 1, 1, 2).expand(B, h, w, 2)
-            z = torch.cat([z, rc.to(z.dtype)], dim=-1)
-        mod = self.hypernet(z).reshape(B * h * w, -1)
+        rc = self.hidden_cell(cell, grid) if self.cell_decode else None       # (B, 2)
+        if self.feat_unfold:      # the latent MLP's first layer over the 3x3 unfold is a 3x3 convolution
+            mod = self.hypernet.forward_unfold3x3(feat, rc)
+        else:
+            z = feat.permute(0, 2, 3, 1)
+            if rc is not None:
+                z = torch.cat([z, rc.view(B, 1, 1, 2).expand(B, h, w, 2).to(z.dtype)], dim=-1)
+            mod = self.hypernet(z)
+        mod = mod.reshape(B * h * w, -1)
         if self.mod_input:
             latent = mod[:, self.mod_dim:].contiguous()
         else:
             latent = pixel_table(feat)
         return State(inp=inp, mod=mod, latent=latent, grid=grid)
 
-    def render_input(self, state, idx, rel, rel_cell):
-        parts = [gather(state.latent, idx), rel]
-        if self.cell_decode:
-            parts.append(rel_cell.repeat(rel.shape[0] // rel_cell.shape[0], 1))
-        return torch.cat(parts, dim=-1)
-
     grid_queries = True
 
-    def layer0_table(self, state):
-        """Per-LR-pixel part of the render MLP's first layer, ``latent @ W0[:, :d]^T + b0`` (P, hd),
-        computed once per image at LR resolution (float32, then cast to the render precision)."""
-        key = f'layer0:{self.render_dtype}'
-        if key not in state:
-            layer = self.imnet.layers[0]
-            d = state.latent.shape[1]
-            state[key] = torch.addmm(layer.bias, state.latent, layer.weight[:, :d].t()).to(self.render_dtype)
-        return state[key]
-
-    def render_layer0(self, state, idx, rel, rel_cell):
-        # [latent | rel | cell] @ W0^T + b0: the per-pixel part read from ``layer0_table``, the rel term
-        # per query and neighbour, the cell term once per query
-        W = self.imnet.layers[0].weight.to(rel.dtype)
-        d = state.latent.shape[1]
-        x = gather(self.layer0_table(state), idx)
-        x.addmm_(rel, W[:, d:d + 2].t())
-        if self.cell_decode:
-            x.view(-1, rel_cell.shape[0], x.shape[1]).add_(torch.mm(rel_cell, W[:, d + 2:d + 4].t()))
-        return x
-
-    def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
-        K, G, r = rel_y.shape
-        m = rel_x.shape[1]
-        W = self.imnet.layers[0].weight.to(rel_y.dtype)
-        d = state.latent.shape[1]
-        base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, G, 1, m, -1)
-        base = base + rel_x.view(K, 1, 1, m, 1) * W[:, d + 1]
-        if self.cell_decode:
-            base.add_(torch.mv(W[:, d + 2:d + 4], rel_cell))
-        return base + rel_y.view(K, G, r, 1, 1) * W[:, d]
+    @property
+    def render_cell(self):
+        """The render input ends with the relative cell (``cell_decode``)."""
+        return self.cell_decode

@@ -8,7 +8,7 @@ from torch import nn
 from .. import registry
 from ..complexity import conv_macs_per_pixel, linear_macs
 from ..registry import register
-from .implicit import LRGrid, State, feat_coord_table, gather
+from .implicit import State, gather
 from .lmliif import LMDecoder
 from .lte import bilinear_skip
 
@@ -51,10 +51,8 @@ class LMLTE(LMDecoder):
         per_hr = K * (render_phase.in_features * render_phase.out_features + linear_macs(self.imnet.layers))
         return per_lr, per_hr
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = self.encoder(inp)
+    def latent_state(self, inp, feat, grid, cell):
         B, C, h, w = feat.shape
-        grid = LRGrid((h, w), feat, feat_coord_table(inp_coord, feat))
         coef = self.coef(feat).permute(0, 2, 3, 1)
         freq = self.freq(feat).permute(0, 2, 3, 1)
         g = freq.unflatten(-1, (-1, 2)).sum(-1)
@@ -87,6 +85,12 @@ class LMLTE(LMDecoder):
         return torch.cat([torch.cos(g), torch.sin(g)], dim=1).mul_(amp)
 
     grid_queries = True
+    #: layer 0 reads cos/sin of the relative coordinate: not linear in it (own ``render_layer0``/``layer0_grid``)
+    linear_layer0 = False
+
+    def render_row_floats(self):
+        """The two activation buffers plus layer 0's phases and their [cos, sin] (``layer0_grid``)."""
+        return 2 * self.imnet.hidden_dim + 2 * self.imnet.in_dim
 
     def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
         K, G, r = rel_y.shape

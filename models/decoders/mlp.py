@@ -29,6 +29,28 @@ class MLP(nn.Module):
         shape = x.shape[:-1]
         return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
 
+    def forward_unfold3x3(self, feat, extra=None):
+        """``forward(cat([unfold3x3(feat), extra]))`` at every pixel, without building the 9C-channel unfold.
+
+        feat (B, C, h, w); extra (B, e) per-image channels appended after the 9C (e.g. a cell) or None
+        -> (B, h, w, out_dim). The first layer over the zero-padded 3x3 neighbourhood (channel order
+        ``c*9 + ky*3 + kx``) is exactly a 3x3 convolution, and ``extra`` only shifts its bias; equal to
+        the unfolded form up to float summation order (~1e-6 relative).
+        """
+        B = feat.shape[0]
+        first = self.layers[0]
+        C = first.in_features // 9      # from the weights (not feat's traced shape), so that the graph exports
+        if first.in_features % 9 != (0 if extra is None else extra.shape[-1]):
+            raise ValueError(f'forward_unfold3x3: {first.in_features} input features are not 9 x channels + '
+                             f'{0 if extra is None else extra.shape[-1]} extra')
+        kernel = first.weight[:, :9 * C].reshape(-1, C, 3, 3)
+        y = F.conv2d(feat, kernel, padding=1)
+        bias = first.bias.view(1, -1)
+        if extra is not None:
+            bias = bias + extra.to(first.weight.dtype) @ first.weight[:, 9 * C:].t()
+        y = y.add_(bias.view(B if extra is not None else 1, -1, 1, 1)).permute(0, 2, 3, 1)
+        return self.layers[1:](y.reshape(-1, y.shape[-1])).view(*y.shape[:3], -1)
+
 
 @register('lmmlp')
 class LMMLP(nn.Module):
@@ -55,6 +77,9 @@ class LMMLP(nn.Module):
         super().__init__()
         if use_conv:
             raise NotImplementedError('lmmlp(use_conv=True) is not used by any published config')
+        if not (mod_scale or mod_shift):
+            raise ValueError('lmmlp: mod_scale and mod_shift are both off, so nothing modulates the render MLP '
+                             '(a plain render MLP is the mlp model)')
         # mod_up_merge is forced False by every LM model; its published variant drops the "+1" (docs/deviations.md, B6).
         self.in_dim, self.out_dim = in_dim, out_dim
         self.hidden_dim, self.hidden_depth = hidden_dim, hidden_depth

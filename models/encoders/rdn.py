@@ -26,7 +26,33 @@ class RDB(nn.Module):
         return self.LFF(self.convs(x)) + x
 
 
-class RDN(nn.Module):
+class RDNTrunk(nn.Module):
+    """The RDN feature trunk, built on the module itself under the published state-dict names ``SFENet1``,
+    ``SFENet2``, ``RDBs``, ``GFF`` (shared by ``RDN`` and the published ``RDNIGPlus``).
+
+    ``build_trunk(G0, k, D, C, G)`` (call it in ``__init__``) creates the layers: shallow convs with G0
+    channels and kernel k, D residual dense blocks of C convs with growth G, global feature fusion; it sets
+    ``receptive_radius``. ``trunk(x)`` maps (B, 3, h, w) to F = GFF(cat(RDB outputs)) + SFENet1(x), (B, G0, h, w).
+    """
+
+    def build_trunk(self, G0, k, D, C, G):
+        self.SFENet1 = nn.Conv2d(3, G0, k, padding=(k - 1) // 2)
+        self.SFENet2 = nn.Conv2d(G0, G0, k, padding=(k - 1) // 2)
+        self.RDBs = nn.ModuleList([RDB(G0, G, C, k) for _ in range(D)])
+        self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=(k - 1) // 2))
+        self.receptive_radius = (k // 2) * (D * C + 3)   # SFENet1, SFENet2, D*C dense convs, GFF 3x3
+
+    def trunk(self, x):
+        f1 = self.SFENet1(x)
+        x = self.SFENet2(f1)
+        outs = []
+        for block in self.RDBs:
+            x = block(x)
+            outs.append(x)
+        return self.GFF(torch.cat(outs, 1)) + f1
+
+
+class RDN(RDNTrunk):
     """Shallow features, D residual dense blocks, global feature fusion; (B, G0, h, w) output."""
 
     def __init__(self, G0=64, RDNkSize=3, RDNconfig='B', scale=2, no_upsampling=False):
@@ -35,12 +61,8 @@ class RDN(nn.Module):
             raise ValueError(f'RDNconfig must be one of {sorted(RDN_CONFIGS)}, got {RDNconfig!r}')
         D, C, G = RDN_CONFIGS[RDNconfig]
         k = RDNkSize
-        self.SFENet1 = nn.Conv2d(3, G0, k, padding=(k - 1) // 2)
-        self.SFENet2 = nn.Conv2d(G0, G0, k, padding=(k - 1) // 2)
-        self.RDBs = nn.ModuleList([RDB(G0, G, C, k) for _ in range(D)])
-        self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=(k - 1) // 2))
+        self.build_trunk(G0, k, D, C, G)
         self.no_upsampling = no_upsampling
-        self.receptive_radius = (k // 2) * (D * C + 3)   # SFENet1, SFENet2, D*C dense convs, GFF 3x3
         if no_upsampling:
             self.out_dim = G0
             return
@@ -56,13 +78,7 @@ class RDN(nn.Module):
             raise ValueError(f'RDN upsampling supports scales 2, 3, 4, got {scale!r}')
 
     def forward(self, x):
-        f1 = self.SFENet1(x)
-        x = self.SFENet2(f1)
-        outs = []
-        for block in self.RDBs:
-            x = block(x)
-            outs.append(x)
-        x = self.GFF(torch.cat(outs, 1)) + f1
+        x = self.trunk(x)
         return x if self.no_upsampling else self.UPNet(x)
 
 

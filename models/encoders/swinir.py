@@ -188,16 +188,23 @@ class PatchEmbedNorm(nn.Module):
         return self.norm(map_to_tokens(x))
 
 
-class SwinIR(nn.Module):
-    """SwinIR body with upsampler 'none'; (B, 3, h, w) -> (B, num_feat, h', w'), h', w' padded to the window."""
+class SwinTrunk(nn.Module):
+    """SwinIR's shallow conv and deep-feature body, built on the module itself under the published state-dict
+    names ``conv_first``, ``patch_embed``, ``layers``, ``norm``, ``conv_after_body`` (shared by ``SwinIR``
+    and the published ``SwinIRMS``).
 
-    def __init__(self, img_size=48, in_chans=3, embed_dim=180, depths=(6, 6, 6, 6, 6, 6),
-                 num_heads=(6, 6, 6, 6, 6, 6), window_size=8, mlp_ratio=2.0, drop_path_rate=0.1, num_feat=64):
-        super().__init__()
-        self.window_size = window_size
+    ``build_trunk(...)`` (call it in ``__init__``) creates the layers: RSTB i has ``depths[i]`` Swin blocks
+    with ``num_heads[i]`` heads; stochastic depth rises linearly from 0 to ``drop_path_rate`` over all
+    blocks; attention masks are precomputed for ``img_size`` x ``img_size`` (other sizes compute theirs).
+    ``trunk(x)``: (B, in_chans, h, w), h and w multiples of the window -> ``conv_after_body(body(f)) + f``
+    with ``f = conv_first(x)``, (B, embed_dim, h, w). ``_init_weights`` is the published initialisation
+    (``self.apply`` it once every layer it should reach exists).
+    """
+
+    def build_trunk(self, img_size, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, drop_path_rate):
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbedNorm(embed_dim)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu')]
         res = (img_size, img_size)
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
@@ -206,11 +213,6 @@ class SwinIR(nn.Module):
                                     dpr[start:start + depth]))
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-        self.out_dim = num_feat
-        # shifted-window attention: features depend on window partitions, tiling is approximate
-        self.receptive_radius = None
-        self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m):
@@ -222,12 +224,6 @@ class SwinIR(nn.Module):
             nn.init.zeros_(m.bias)
             nn.init.ones_(m.weight)
 
-    def pad_to_window(self, x):
-        h, w = x.shape[-2:]
-        ph = (self.window_size - h % self.window_size) % self.window_size
-        pw = (self.window_size - w % self.window_size) % self.window_size
-        return F.pad(x, (0, pw, 0, ph), 'reflect') if ph or pw else x
-
     def forward_features(self, x):
         x_size = x.shape[-2:]
         x = self.patch_embed(x)
@@ -235,10 +231,33 @@ class SwinIR(nn.Module):
             x = layer(x, x_size)
         return tokens_to_map(self.norm(x), x_size)
 
+    def trunk(self, x):
+        x = self.conv_first(x)
+        return self.conv_after_body(self.forward_features(x)) + x
+
+
+class SwinIR(SwinTrunk):
+    """SwinIR body with upsampler 'none'; (B, 3, h, w) -> (B, num_feat, h', w'), h', w' padded to the window."""
+
+    def __init__(self, img_size=48, in_chans=3, embed_dim=180, depths=(6, 6, 6, 6, 6, 6),
+                 num_heads=(6, 6, 6, 6, 6, 6), window_size=8, mlp_ratio=2.0, drop_path_rate=0.1, num_feat=64):
+        super().__init__()
+        self.window_size = window_size
+        self.build_trunk(img_size, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, drop_path_rate)
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.out_dim = num_feat
+        # shifted-window attention: features depend on window partitions, tiling is approximate
+        self.receptive_radius = None
+        self.apply(self._init_weights)
+
+    def pad_to_window(self, x):
+        h, w = x.shape[-2:]
+        ph = (self.window_size - h % self.window_size) % self.window_size
+        pw = (self.window_size - w % self.window_size) % self.window_size
+        return F.pad(x, (0, pw, 0, ph), 'reflect') if ph or pw else x
+
     def forward(self, x):
-        x = self.conv_first(self.pad_to_window(x))
-        x = self.conv_after_body(self.forward_features(x)) + x
-        return self.conv_before_upsample(x)
+        return self.conv_before_upsample(self.trunk(self.pad_to_window(x)))
 
 
 @register('swinir')

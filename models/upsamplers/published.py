@@ -43,8 +43,8 @@ from torch import nn
 from ..basicsr_checkpoint import ALIASES
 from ..capabilities import Capabilities
 from ..encoders.rcan import ResidualGroup
-from ..encoders.rdn import RDB, RDN_CONFIGS
-from ..encoders.swinir import RSTB, PatchEmbedNorm, tokens_to_map
+from ..encoders.rdn import RDN_CONFIGS, RDNTrunk
+from ..encoders.swinir import SwinTrunk
 from ..registry import register
 from .igconv import IGConv, check_integer_scale
 from .igsample import IGSample
@@ -282,11 +282,12 @@ class EDSRIGPlus(EDSRIG):
 # ------------------------------------------------------------------------------------------ RDN
 
 @register('RDNIGPlus')
-class RDNIGPlus(PublishedIGConvSR):
+class RDNIGPlus(PublishedIGConvSR, RDNTrunk):
     """RDN (config B) + IGConv+ (published ``RDNIGPlus``); no mean shift: F = GFF(...) + SFENet1(x).
 
     ``RDNconfig``: 'B' (published: 16 blocks x 8 convs, growth 64), 'A' (20, 6, 32), or an explicit
-    (D, C, G) triple (our extension, for small experiments)."""
+    (D, C, G) triple (our extension, for small experiments). The encoder is ``models.encoders.rdn.RDNTrunk``
+    (the same layers and state-dict names as ``rdn``)."""
 
     UPSAMPLER = 'UPNet'
 
@@ -304,23 +305,12 @@ class RDNIGPlus(PublishedIGConvSR):
         else:
             raise ValueError(f'RDNIGPlus: RDNconfig must be one of {sorted(RDN_CONFIGS)} or (D, C, G), '
                              f'got {RDNconfig!r}')
-        k = RDNkSize
-        self.SFENet1 = nn.Conv2d(3, G0, k, padding=(k - 1) // 2)
-        self.SFENet2 = nn.Conv2d(G0, G0, k, padding=(k - 1) // 2)
-        self.RDBs = nn.ModuleList([RDB(G0, G, C, k) for _ in range(D)])
-        self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=(k - 1) // 2))
+        self.build_trunk(G0, RDNkSize, D, C, G)        # sets receptive_radius
         self._make_upsamplers(G0, sk_kernel_size, implicit_dim, latent_layers, geo_ensemble, True, max_s)
         _check_return_skip(type(self).__name__, return_skip)
-        self.receptive_radius = (k // 2) * (D * C + 3)
 
     def encode(self, x):
-        f1 = self.SFENet1(x)
-        x = self.SFENet2(f1)
-        outs = []
-        for block in self.RDBs:
-            x = block(x)
-            outs.append(x)
-        return self.GFF(torch.cat(outs, 1)) + f1
+        return self.trunk(x)
 
 
 # ------------------------------------------------------------------------------------------ RCAN
@@ -366,12 +356,13 @@ class RCANIGPlus(PublishedIGConvSR):
 # ------------------------------------------------------------------------------------------ SwinIR
 
 @register('SwinIRMS')
-class SwinIRMS(_MeanShifted):
+class SwinIRMS(_MeanShifted, SwinTrunk):
     """SwinIR (BasicSR ``SwinIR`` arguments) with IGConv fed the 180-ch ``conv_after_body(...) + x``.
 
     ``upsampler``: ``'igconv'`` or ``'igconv+igsample'`` (IGConv+, FGRep on unless ``geo_ensemble``
     says otherwise). Only the published settings of the BasicSR options are supported (patch_size 1,
-    no absolute position embedding, patch norm, ``resi_connection`` '1conv').
+    no absolute position embedding, patch norm, ``resi_connection`` '1conv'). The encoder is
+    ``models.encoders.swinir.SwinTrunk`` (the same layers and state-dict names as ``swinir``).
     """
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
@@ -395,33 +386,13 @@ class SwinIRMS(_MeanShifted):
         self.upsampler_name = upsampler
         self._set_mean(DIV2K_MEAN, img_range)
         self.window_size = self.window = int(window_size)
-        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
-        self.patch_embed = PatchEmbedNorm(embed_dim)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu')]
-        res = (img_size, img_size)
-        self.layers = nn.ModuleList()
-        for i, depth in enumerate(depths):
-            start = sum(depths[:i])
-            self.layers.append(RSTB(embed_dim, res, depth, num_heads[i], window_size, mlp_ratio,
-                                    dpr[start:start + depth]))
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+        self.build_trunk(img_size, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, drop_path_rate)
         plus = upsampler == 'igconv+igsample'
         geo = plus if geo_ensemble is None else bool(geo_ensemble)
         self._make_upsamplers(embed_dim, sk_kernel_size, implicit_dim, latent_layers, geo, plus, max_s)
         _check_return_skip(type(self).__name__, return_skip)
-        self.apply(self._init_weights)
+        self.apply(self._init_weights)     # after the upsamplers, as published: their Linear layers too
         self.receptive_radius = None   # shifted-window attention
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
 
     def pad_input(self, x):
         """Reflect-pad bottom/right to a multiple of the window (published ``SwinIRMSModel.test``)."""
@@ -435,12 +406,7 @@ class SwinIRMS(_MeanShifted):
         return x
 
     def encode(self, x):
-        x = self.conv_first(x)
-        x_size = x.shape[-2:]
-        t = self.patch_embed(x)
-        for layer in self.layers:
-            t = layer(t, x_size)
-        return self.conv_after_body(tokens_to_map(self.norm(t), x_size)) + x
+        return self.trunk(x)
 
 
 #: Published architecture names -> classes.

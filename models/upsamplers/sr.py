@@ -259,8 +259,7 @@ class SwinIRBody(SwinIR):
         self.out_dim = self.conv_after_body.out_channels
 
     def forward(self, x):
-        x = self.conv_first(self.pad_to_window(x))
-        return self.conv_after_body(self.forward_features(x)) + x
+        return self.trunk(self.pad_to_window(x))
 
 
 # ---- convenience names: one encoder each, plain and plus ----
