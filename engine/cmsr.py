@@ -194,13 +194,19 @@ def render_points(model, state, coord, cell, chunk):
     return chunked(lambda c, s: model.query(state, c, s), coord.unsqueeze(0), cell.unsqueeze(0), chunk)[0]
 
 
+#: Smallest block ``render_on_grid`` sends through ``query_grid`` (a grid call costs about as much as a few
+#: thousand general-path queries on a CPU).
+GRID_BLOCK_MIN = 8192
+
+
 def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
     """Renders of the points ``sel`` (indices into a qh x qw grid, row-major, increasing; None: all) of a
     separable grid ``grid`` (qh*qw, 2) with one cell (2,) for a single image -> (len(sel), 3).
 
     Models with ``grid_queries`` answer (rows x selected columns) blocks with ``query_grid``: consecutive rows
     selecting the same columns (CMSR selects per LR pixel, so whole runs of rows do) form one block, split
-    to at most ``chunk`` queries. Points whose coordinates are not exactly those of their row and column
+    to at most ``chunk`` queries; blocks under ``GRID_BLOCK_MIN`` queries (where a call's fixed cost would
+    dominate) are answered together through ``query`` instead. Points whose coordinates are not exactly those of their row and column
     (``level_grid`` resizes a coordinate map bilinearly, which can differ by an ulp across a row, enough to
     change the nearest pixel at a tie) are answered again through ``query`` at their own coordinates.
     Other models answer every point through ``query`` (``render_points``). The results equal the
@@ -217,6 +223,7 @@ def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
     starts = (torch.cumsum(counts, 0) - counts).tolist()
     row_ids, counts = row_ids.tolist(), counts.tolist()
     out = grid.new_empty(n, 3)
+    rest = []          # positions (in sel) of the points of small blocks
     cols_of = lambda i: sel[starts[i]:starts[i] + counts[i]] - row_ids[i] * qw   # noqa: E731
     i = 0
     while i < len(row_ids):
@@ -225,8 +232,12 @@ def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
         while j < len(row_ids) and row_ids[j] == row_ids[j - 1] + 1 and counts[j] == counts[i] \
                 and torch.equal(cols_of(j), cols):
             j += 1
-        xs_sel = xs[cols]
         nc = cols.numel()
+        if (j - i) * nc < GRID_BLOCK_MIN:
+            rest.append(torch.arange(starts[i], starts[i] + (j - i) * nc, device=sel.device))
+            i = j
+            continue
+        xs_sel = xs[cols]
         step_c = min(nc, chunk)
         step_r = max(1, chunk // step_c)
         for a in range(0, j - i, step_r):
@@ -239,9 +250,9 @@ def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
                 dst[:, c:d] = pred
         i = j
     off_grid = ((g[..., 0] != ys[:, None]) | (g[..., 1] != xs[None, :])).view(-1)[sel].nonzero().squeeze(1)
-    if off_grid.numel():
-        out[off_grid] = render_points(model, state, grid[sel[off_grid]], cell.view(1, 2).expand(off_grid.numel(), 2),
-                                      chunk)
+    pos = torch.cat(rest + [off_grid]).unique() if rest else off_grid
+    if pos.numel():
+        out[pos] = render_points(model, state, grid[sel[pos]], cell.view(1, 2).expand(pos.numel(), 2), chunk)
     return out
 
 
