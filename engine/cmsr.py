@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from models.decoders.implicit import chunked
+from models.decoders.implicit import chunked, grid_blocks
 from utils.config import load_yaml
 from utils.coords import cell_clip_factor, make_coord, nearest_index
 from utils.io import atomic_write
@@ -238,16 +238,11 @@ def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
             i = j
             continue
         xs_sel = xs[cols]
-        step_c = min(nc, chunk)
-        step_r = max(1, chunk // step_c)
-        for a in range(0, j - i, step_r):
-            b = min(a + step_r, j - i)
-            for c in range(0, nc, step_c):
-                d = min(c + step_c, nc)
-                pred = model.query_grid(state, ys[row_ids[i] + a:row_ids[i] + b], xs_sel[c:d], cell.view(1, 2))[0]
-                # selected points of rows a..b are stored row by row, nc each
-                dst = out[starts[i] + a * nc:starts[i] + b * nc].view(b - a, nc, 3)
-                dst[:, c:d] = pred
+        for (a, b), (c, d) in grid_blocks(j - i, nc, chunk):
+            pred = model.query_grid(state, ys[row_ids[i] + a:row_ids[i] + b], xs_sel[c:d], cell.view(1, 2))[0]
+            # selected points of rows a..b are stored row by row, nc each
+            dst = out[starts[i] + a * nc:starts[i] + b * nc].view(b - a, nc, 3)
+            dst[:, c:d] = pred
         i = j
     off_grid = ((g[..., 0] != ys[:, None]) | (g[..., 1] != xs[None, :])).view(-1)[sel].nonzero().squeeze(1)
     pos = torch.cat(rest + [off_grid]).unique() if rest else off_grid

@@ -27,7 +27,8 @@ from typing import Tuple
 
 import torch
 
-from utils.coords import clipped_cell, make_coord, target_axis, target_range
+from models.decoders.implicit import grid_blocks
+from utils.coords import clipped_cell, make_coord, pixel_position, target_axis, target_range
 
 from . import cmsr as cmsr_lib
 
@@ -161,32 +162,15 @@ class QueryPlan:
         With ``runs`` (``lr_row_runs``: consecutive target rows between the same two LR pixel centres,
         which read the same LR rows): blocks hold whole runs, as many as fit, and a run too long for one
         block is split into equal column ranges instead, so that grid models (``query_grid``) see whole
-        groups of rows sharing their per-pixel terms.
+        groups of rows sharing their per-pixel terms (``grid_blocks``).
         """
-        if runs is None:
-            cols = min(n_cols, self.chunk)
-            rows = max(1, self.chunk // max(cols, 1))
-            for a in range(0, n_rows, rows):
-                for c in range(0, n_cols, cols):
-                    yield (a, min(a + rows, n_rows)), (c, min(c + cols, n_cols))
-            return
-        i = 0
-        while i < len(runs):
-            a, b = runs[i]
-            i += 1
-            while i < len(runs) and (runs[i][1] - a) * n_cols <= self.chunk:
-                b = runs[i][1]
-                i += 1
-            parts = -(-(b - a) * n_cols // self.chunk)           # column ranges of at most chunk queries
-            step = -(-n_cols // parts)
-            for c in range(0, n_cols, step):
-                yield (a, b), (c, min(c + step, n_cols))
+        return grid_blocks(n_rows, n_cols, self.chunk, runs)
 
     @staticmethod
     def lr_row_runs(ys, frame_rows):
         """Runs [(a, b)) of consecutive target rows (coordinates ``ys`` (n,) in a frame of ``frame_rows`` LR
         rows) that lie between the same two LR pixel centres. (A boundary off by one row costs speed only.)"""
-        cell = torch.floor((ys.double() + 1) * (frame_rows / 2) - 0.5)
+        cell = torch.floor(pixel_position(ys.double(), frame_rows))       # the LR row centre at or above
         cuts = (torch.nonzero(cell[1:] != cell[:-1]).flatten() + 1).tolist()
         edges = [0] + cuts + [ys.numel()]
         return list(zip(edges[:-1], edges[1:]))

@@ -85,6 +85,12 @@ def grid_query(lr_size, out_size, batch=1, device=None, max_scale=4, clip=True):
     return coord, cell
 
 
+def pixel_position(coord, size):
+    """Normalised coordinates (-1, 1) along an axis of ``size`` pixels -> positions in pixel units, pixel
+    ``i`` centred at ``i`` (the unnormalisation of ``grid_sample(align_corners=False)``)."""
+    return (coord + 1) * (size / 2) - 0.5
+
+
 def nearest_index(coord, size):
     """Index of the pixel that ``grid_sample(mode='nearest', align_corners=False)`` picks.
 
@@ -99,8 +105,7 @@ def nearest_index(coord, size):
     The unnormalisation ``(c + 1) * (size / 2) - 0.5`` and round-half-to-even reproduce PyTorch's
     CPU kernel; queries never fall on a tie in practice because callers shift them by 1e-6.
     """
-    pos = (coord + 1) * (size / 2) - 0.5
-    return torch.round(pos).long().clamp_(0, size - 1)
+    return torch.round(pixel_position(coord, size)).long().clamp_(0, size - 1)
 
 
 def is_integer_scale(scale, tol=1e-6):

@@ -157,6 +157,34 @@ def chunk_sizes(n_queries, bsize):
     return math.ceil(n_queries / math.ceil(n_queries / bsize))
 
 
+def grid_blocks(n_rows, n_cols, chunk, runs=None):
+    """Blocks [(a, b), (c, d)) of an n_rows x n_cols query grid, at most ``chunk`` queries each.
+
+    Without ``runs``: whole rows where a row fits (each block is one contiguous band of the grid).
+    With ``runs`` (consecutive row ranges [(a, b)) to keep together, e.g. rows that read the same LR rows):
+    blocks hold whole runs, as many as fit, and a run too long for one block is split into equal column
+    ranges instead.
+    """
+    if runs is None:
+        cols = min(n_cols, chunk)
+        rows = max(1, chunk // max(cols, 1))
+        for a in range(0, n_rows, rows):
+            for c in range(0, n_cols, cols):
+                yield (a, min(a + rows, n_rows)), (c, min(c + cols, n_cols))
+        return
+    i = 0
+    while i < len(runs):
+        a, b = runs[i]
+        i += 1
+        while i < len(runs) and (runs[i][1] - a) * n_cols <= chunk:
+            b = runs[i][1]
+            i += 1
+        parts = -(-(b - a) * n_cols // chunk)           # column ranges of at most chunk queries
+        step = -(-n_cols // parts)
+        for c in range(0, n_cols, step):
+            yield (a, b), (c, min(c + step, n_cols))
+
+
 def chunked(fn, coord, cell, bsize, progress=None):
     """Apply ``fn(coord_chunk, cell_chunk) -> (B, q, C)`` over query chunks and concatenate."""
     Q = coord.shape[1]

@@ -185,27 +185,15 @@ class LMDecoder(ImplicitDecoder):
         return x
 
     def layer0_grid(self, state, pix, rel_y, rel_x, rel_cell):
-        """Pre-activation of the render MLP's first layer for a band of a query grid, (K, G, r, W, hd).
+        """Models without ``linear_layer0``: pre-activation of the render MLP's first layer for a band of
+        a query grid, (K, G, r, W, hd). (With ``linear_layer0``, ``render_band`` fuses layer 0 with its
+        modulation instead.)
 
         ``pix`` (K, G, W): flat pixel index (batch offset included) of neighbour k for the g-th group
         of r query rows sharing their pixel rows, at each of the W query columns; ``rel_y`` (K, G, r),
         ``rel_x`` (K, W): relative coordinates; ``rel_cell`` (2,): the grid's relative cell.
-        (With ``linear_layer0`` the grid path fuses this with the modulation instead of calling it.)
         """
-        base = self._layer0_columns(state, pix, rel_x, rel_cell)
-        wy = self.layer0_rel_weights(state, rel_y.dtype)[0]
-        K, G, r = rel_y.shape
-        return torch.addcmul(base, rel_y.view(K, G, r, 1, 1), wy)
-
-    def _layer0_columns(self, state, pix, rel_x, rel_cell):
-        """Linear layer 0 without its rel_y term, per (neighbour, group, column): (K, G, 1, W, hd)."""
-        K, G, m = pix.shape
-        _, wx, wc = self.layer0_rel_weights(state, rel_x.dtype)
-        base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, G, 1, m, -1)
-        base.addcmul_(rel_x.view(K, 1, 1, m, 1), wx)
-        if wc is not None:
-            base.add_(torch.mv(wc, rel_cell))
-        return base
+        raise NotImplementedError
 
     def skip(self, state, coord):
         return None
@@ -346,9 +334,12 @@ class LMDecoder(ImplicitDecoder):
         ry = rel_y.to(dt)
         s0, t0 = (None if tab is None else tab.index_select(0, pix.reshape(-1)).view(K, *small)
                   for tab in (p['scale'][0], p['shift'][0]))
-        if self.linear_layer0:
-            base = self._layer0_columns(state, pix, rel_x.to(dt), rel_cell).view(K, *small)
-            wy = p['layer0_wy']
+        if self.linear_layer0:      # per (neighbour, group, column): table + rel_x and cell terms
+            wy, wx, wc = p['layer0']
+            base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, *small)
+            base.addcmul_(rel_x.to(dt).view(K, 1, 1, m, 1), wx)
+            if wc is not None:
+                base.add_(torch.mv(wc, rel_cell))
             if s0 is not None:
                 base = torch.addcmul(t0, base, s0) if t0 is not None else base.mul_(s0)
                 wy = s0 * wy
@@ -384,7 +375,8 @@ class LMDecoder(ImplicitDecoder):
         per-pixel modulation tables ``scale`` (1 + s_k, or None without scale modulation) and ``shift`` (t_k,
         or None without shift modulation; for k >= 1 the layer bias is folded in: b_k (1 + s_k) + t_k, or
         b_k (1 + s_k), or b_k + t_k), (P, hd) each and contiguous; the transposed
-        hidden weights; the output layer (rows zero-padded to a multiple of 4) and its bias."""
+        hidden weights; the output layer (rows zero-padded to a multiple of 4) and its bias; with ``linear_layer0``
+        the columns of W0 for rel_y, rel_x and the cell (``layer0_rel_weights``)."""
         dt = self.render_dtype
         key = f'grid:{dt}'
         if key in state:
@@ -412,7 +404,7 @@ class LMDecoder(ImplicitDecoder):
         params = dict(dtype=dt, scale=scales, shift=shifts, weight=weights, out_weight=out_weight.to(dt),
                       out_bias=last.bias.to(dt))
         if self.linear_layer0:
-            params['layer0_wy'] = self.layer0_rel_weights(state, dt)[0].contiguous()
+            params['layer0'] = self.layer0_rel_weights(state, dt)
         state[key] = params
         return state[key]
 
