@@ -469,6 +469,30 @@ def restore(run, ckpt):
                      + (f'; config entries changed since: {", ".join(changed)}' if changed else ''))
 
 
+def warm_start(run, path):
+    """``init_weights: PATH`` in a config: a new run starts from the weights of a checkpoint of the same model
+    (name and args equal; the EMA average, when the file holds one, is taken), with a fresh optimizer, schedule
+    and epoch count. Ignored when the run resumes from its own ``epoch-last.pth``."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f'init_weights must be a checkpoint path, got {path!r:.60}')
+    ckpt = load_checkpoint(path, map_location='cpu')
+    spec = ckpt['model']
+    if spec.get('name') != run.cfg['model'].get('name') or \
+            (spec.get('args') or {}) != (run.cfg['model'].get('args') or {}):
+        raise ConfigError(f'init_weights: {path} holds a different model ({spec.get("name")!r} with other args) '
+                          f'than the config')
+    if not all_finite(spec['sd'].values()):
+        raise ConfigError(f'init_weights: {path} holds non-finite weights')
+    try:
+        run.model.load_state_dict(spec['sd'])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f'init_weights: {path}: weights do not fit the configured model: {first}') from None
+    if run.ema is not None:
+        run.ema.model.load_state_dict(spec['sd'])
+    run.notes.append(f'weights initialised from {path} (init_weights); optimizer and schedule start fresh')
+
+
 def apply_optimizer_changes(run, old_args, new_args):
     """Honour ``optimizer.args`` changed since the checkpoint: a new ``lr`` rescales the current learning
     rate (keeping the schedule's progress) and the schedule's base; other entries replace the saved ones."""
@@ -515,8 +539,11 @@ def setup_run(cfg, save_dir, dd, options=None):
         try:
             if options.resume and os.path.exists(run.last_path):
                 restore(run, load_checkpoint(run.last_path, map_location='cpu'))
-            elif dd.main:
-                clear_divergence(save_dir)
+            else:
+                if cfg.get('init_weights') is not None:
+                    warm_start(run, cfg['init_weights'])
+                if dd.main:
+                    clear_divergence(save_dir)
             if cfg.get('resume') not in (None, run.last_path):
                 run.notes.append(f"config entry 'resume: {cfg['resume']}' is ignored; runs resume from "
                                  f"{run.last_path}")

@@ -3,7 +3,7 @@
 A BasicSR training run saves ``{'params': state_dict}``, plus ``'params_ema'`` when the option file has
 ``ema_decay``; released models are in that layout. Which architecture (and which arguments) the file
 holds is not stored in it: it comes from the option file's ``network_g`` (``type`` + arguments) or from
-an architecture name, whose arguments default to the published option files' (``PUBLISHED_OPTIONS``).
+an architecture name, whose arguments default to the published option files' (``models.zoo.PUBLISHED_OPTIONS``).
 
 Key choice: the option file's ``path.param_key_g`` when given, else ``params_ema`` when present (the
 EMA weights the published tests use), else ``params``. Files are read with ``weights_only=True``.
@@ -13,23 +13,6 @@ import os
 import torch
 
 from utils.config import ConfigError, load_yaml
-
-#: ``network_g`` of the published option files (type -> arguments), used when only a name is given.
-PUBLISHED_OPTIONS = {
-    'EDSRIG': {'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 256, 'num_block': 32, 'upscale': 2, 'res_scale': 0.1,
-               'img_range': 1.0, 'rgb_mean': [0.4488, 0.4371, 0.4040], 'implicit_dim': 256, 'latent_layers': 4},
-    'EDSRIGPlus': {'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 256, 'num_block': 32, 'upscale': 2,
-                   'res_scale': 0.1, 'img_range': 1.0, 'rgb_mean': [0.4488, 0.4371, 0.4040], 'implicit_dim': 256,
-                   'latent_layers': 4, 'geo_ensemble': True, 'return_skip': False},
-    'RDNIGPlus': {'implicit_dim': 256, 'latent_layers': 4, 'geo_ensemble': True, 'return_skip': False},
-    'RCANIGPlus': {'max_s': 8},
-    'SwinIRMS': {'in_chans': 3, 'img_size': 48, 'window_size': 8, 'img_range': 1.0, 'depths': [6] * 6,
-                 'embed_dim': 180, 'num_heads': [6] * 6, 'mlp_ratio': 2, 'upsampler': 'igconv+igsample',
-                 'resi_connection': '1conv', 'return_skip': False},
-}
-
-ALIASES = {'edsr-ig': 'EDSRIG', 'edsr-ig-plus': 'EDSRIGPlus', 'rdn-ig-plus': 'RDNIGPlus',
-           'rcan-ig-plus': 'RCANIGPlus', 'swinir-ms': 'SwinIRMS'}
 
 PARAM_KEYS = ('params_ema', 'params')
 
@@ -68,7 +51,7 @@ def read_options(path):
 def resolve_arch(arch, args=None):
     """(registered name, args): published defaults for a bare name, overridden by ``args``."""
     from .checkpoint import CheckpointError
-    from .upsamplers.published import PUBLISHED_ARCHS
+    from .zoo import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS
     name = ALIASES.get(arch, arch)
     if name not in PUBLISHED_ARCHS:
         raise CheckpointError(f'unknown IGConv architecture {arch!r}; known: {", ".join(sorted(PUBLISHED_ARCHS))} '
@@ -113,6 +96,7 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
     if arch is None and options is None:
         raise CheckpointError('a BasicSR checkpoint needs the architecture: pass arch=NAME or options=OPTION.yml')
     param_key = None
+    from .zoo import ALIASES
     if options is not None:
         name, opt_args, param_key = read_options(options)
         if arch is not None and ALIASES.get(arch, arch) != ALIASES.get(name, name):

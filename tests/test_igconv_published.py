@@ -1,4 +1,4 @@
-"""The published IGConv architectures (models/upsamplers/published.py) and their BasicSR checkpoints.
+"""The published IGConv architectures (models/zoo/) and their BasicSR checkpoints.
 
 Golden cases ``igconv_full_<arch>.pt`` (../shared/golden/README.md): outputs of the published code at x2/x3/x4
 (RCAN also x8) for closed-form 'fill' weights. Outputs within 1e-4; the encoder feature, the IGConv branch and
@@ -13,9 +13,8 @@ import torch
 import yaml
 
 import models
-from models.basicsr_checkpoint import PUBLISHED_OPTIONS
 from models.checkpoint import CheckpointError
-from models.upsamplers.published import PUBLISHED_ARCHS
+from models.zoo import PUBLISHED_ARCHS, PUBLISHED_OPTIONS
 
 from .conftest import SHARED, closed_form_fill, load_golden, need
 

@@ -1,0 +1,22 @@
+"""The IGConv model zoo: the published IGConv / IGConv+ SR architectures (Lee, Yun & Ro, arXiv 2408.09674).
+
+Registered under the published ``network_g`` type names, with the published constructor arguments and
+state-dict key names, so that a BasicSR option file's ``network_g`` builds the model and a released
+checkpoint (``{'params_ema': sd, 'params': sd}`` or ``{'params': sd}``) loads strictly:
+
+===============  ==================================================================  ==============  =====
+name             encoder (feature F fed to the upsampler)                            upsampler key   C
+===============  ==================================================================  ==============  =====
+``EDSRIG``       full EDSR (256 ch x 32 blocks, res_scale 0.1), F = body + skip      ``upsample``    256
+``EDSRIGPlus``   the same, IGConv+ (FGRep + IGSample ``skip``)                        ``upsample``    256
+``RDNIGPlus``    RDN config B (G0 64, 16 RDB x 8 convs, growth 64), IGConv+           ``UPNet``       64
+``RCANIGPlus``   RCAN 10 groups x 20 RCAB, 64 ch, reduction 16, IGConv+               ``tail``        64
+``SwinIRMS``     SwinIR classical (embed 180, 6 x 6 RSTB), F = conv_after_body + x   ``upsample``    180
+===============  ==================================================================  ==============  =====
+
+Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``.
+
+Conventions, registration and the test-time forward: :mod:`.base`.
+"""
+from . import base, edsr, rdn, rcan, swinir  # noqa: F401  (populate the registry)
+from .base import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS, PublishedIGConvSR, published_arch  # noqa: F401
