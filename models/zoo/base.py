@@ -161,17 +161,17 @@ class PublishedIGConvSR(nn.Module):
             out = out + skip
         return out, skip
 
+    #: The published BasicSR model class's test-time forward (see :data:`TEST_FORWARDS`): ``'plain'``
+    #: (``MSRModel``), ``'window_pad'`` (``SwinIRMSModel``: reflect-pad to ``window``, crop) or ``'tiles'``
+    #: (``MambaMSModel``: overlapping tiles, :mod:`.tiling`).
+    TEST_FORWARD = 'plain'
+
     def forward(self, inp, scale=None):
-        """inp (B, 3, h, w) in [0, 1], integer scale -> (B, 3, scale h, scale w) (not clamped)."""
+        """inp (B, 3, h, w) in [0, 1], integer scale -> (B, 3, scale h, scale w) (not clamped), through the
+        published test-time forward of the architecture (``TEST_FORWARD``)."""
         _check_input(inp, type(self).__name__)
         r = self._scale(scale)
-        h, w = inp.shape[-2:]
-        x = self.pad_input(inp)
-        out, _ = self.run(x, r)
-        return out[..., :r * h, :r * w] if x.shape[-2:] != (h, w) else out
-
-    def pad_input(self, x):
-        return x
+        return TEST_FORWARDS[self.TEST_FORWARD](self, inp, r)
 
     def upscale_grid(self, inp, size):
         """Engine entry: inp (B, 3, h, w) in [0, 1] -> (B, 3, H, W) with (H, W) = r (h, w), r an integer."""
@@ -199,6 +199,35 @@ class PublishedIGConvSR(nn.Module):
         new.instantiated_scale = r
         new.__dict__.pop('spec', None)     # the registry spec describes the unfolded model, not this one
         return new
+
+
+def plain_forward(model, x, r):
+    """``MSRModel.test``: the network on the whole input."""
+    return model.run(x, r)[0]
+
+
+def window_pad_forward(model, x, r):
+    """``SwinIRMSModel.test``: reflect-pad bottom/right to a multiple of ``model.window``, run, crop to r (h, w)."""
+    h, w = x.shape[-2:]
+    ws = model.window
+    ph, pw = (-h) % ws, (-w) % ws
+    if ph or pw:
+        if ph >= h or pw >= w:
+            raise ValueError(f'{type(model).__name__}: input {h}x{w} is too small to reflect-pad to a multiple of '
+                             f'the window {ws}')
+        x = F.pad(x, (0, pw, 0, ph), mode='reflect')
+    out = model.run(x, r)[0]
+    return out[..., :r * h, :r * w] if (ph or pw) else out
+
+
+def tiled_forward(model, x, r):
+    """``MambaMSModel.test``: overlapping tiles (:func:`.tiling.tiled_forward`)."""
+    from .tiling import tiled_forward as run_tiles
+    return run_tiles(model, x, r)
+
+
+#: Test-time forwards by name (``PublishedIGConvSR.TEST_FORWARD``).
+TEST_FORWARDS = {'plain': plain_forward, 'window_pad': window_pad_forward, 'tiles': tiled_forward}
 
 
 def _check_return_skip(who, return_skip):

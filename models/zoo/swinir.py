@@ -1,7 +1,5 @@
 """SwinIR classical + IGConv / IGConv+ (published ``SwinIRMS``; ``upsample``, C = 180).
 """
-import torch.nn.functional as F
-
 from ..encoders.swinir import SwinTrunk
 from .base import DIV2K_MEAN, _MeanShifted, _check_return_skip, published_arch
 
@@ -20,6 +18,9 @@ class SwinIRMS(_MeanShifted, SwinTrunk):
     no absolute position embedding, patch norm, ``resi_connection`` '1conv'). The encoder is
     ``models.encoders.swinir.SwinTrunk`` (the same layers and state-dict names as ``swinir``).
     """
+
+    TEST_FORWARD = 'window_pad'
+
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0,
@@ -49,17 +50,6 @@ class SwinIRMS(_MeanShifted, SwinTrunk):
         _check_return_skip(type(self).__name__, return_skip)
         self.apply(self._init_weights)     # after the upsamplers, as published: their Linear layers too
         self.receptive_radius = None   # shifted-window attention
-
-    def pad_input(self, x):
-        """Reflect-pad bottom/right to a multiple of the window (published ``SwinIRMSModel.test``)."""
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % self.window_size, (-w) % self.window_size
-        if ph or pw:
-            if ph >= h or pw >= w:
-                raise ValueError(f'SwinIRMS: input {h}x{w} is too small to reflect-pad to a multiple of '
-                                 f'the window {self.window_size}')
-            x = F.pad(x, (0, pw, 0, ph), mode='reflect')
-        return x
 
     def encode(self, x):
         return self.trunk(x)
