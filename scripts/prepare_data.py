@@ -14,13 +14,15 @@ Manga109 is not redistributed in the benchmark archive; request it from its auth
 load/benchmark/Manga109/{HR,LR_bicubic/X2..X4} (make the LR files with utils.imresize.matlab_downscale_uint8).
 
 Downloads go to <root>/_downloads/ as .part files that are renamed only when complete; archives are
-extracted safely (no paths outside the target) and a folder that already exists is left alone.
+extracted safely (by our own writer: regular files and folders only, never outside the target) and a folder that already exists is left alone.
 """
 import argparse
 import os
 import shutil
+import stat
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -75,69 +77,125 @@ def download(url, target, quiet=False):
     return target
 
 
-def _safe_members(names, dest):
-    root = os.path.realpath(dest)
-    for name in names:
-        path = os.path.realpath(os.path.join(dest, name))
-        if path != root and not path.startswith(root + os.sep):
-            raise PrepareError(f'archive member {name!r} would be written outside {dest}; refusing')
+def _member_path(name, archive):
+    """The lexical, relative path of an archive member (POSIX separators), or a PrepareError when it is
+    absolute, climbs out ('..') or is empty. Nothing on disk is consulted: the check cannot be fooled by
+    links, because extraction never creates any."""
+    parts = [p for p in name.replace('\\', '/').split('/') if p not in ('', '.')]
+    if name.startswith(('/', '\\')) or (len(name) > 1 and name[1] == ':') or '..' in parts:
+        raise PrepareError(f'{archive}: member {name[:120]!r} would be written outside the target; refusing')
+    return '/'.join(parts)
 
 
-def _tar_members(t, archive, root):
-    """The members of an open tar archive as they will be written (the 'data' filter, applied by hand so
-    that it holds on every Python): regular files and folders only, plus links that stay inside the
-    archive's folder; devices, FIFOs and other special files refused; permissions reduced to rwx for the
-    user and r-x for others (no setuid/setgid/sticky bits, nothing group/world-writable); owners dropped
-    (the files belong to whoever extracts them)."""
-    import copy
+def _link_target(member_path, linkname, symbolic, archive):
+    """The archive member a link refers to, resolved lexically inside the archive's namespace."""
+    base = member_path.rsplit('/', 1)[0] if (symbolic and '/' in member_path) else ''
+    if linkname.startswith('/'):
+        raise PrepareError(f'{archive}: link {member_path!r} -> {linkname[:120]!r} points outside the archive; '
+                           f'refusing')
+    parts = []
+    for p in (base + '/' + linkname if base else linkname).split('/'):
+        if p in ('', '.'):
+            continue
+        if p == '..':
+            if not parts:
+                raise PrepareError(f'{archive}: link {member_path!r} -> {linkname[:120]!r} points outside the '
+                                   f'archive; refusing')
+            parts.pop()
+        else:
+            parts.append(p)
+    return '/'.join(parts)
+
+
+def _archive_entries(archive):
+    """(relative path, kind, reader) for every member: kind 'dir' or 'file'; ``reader()`` returns a binary
+    file object. Links (tar symbolic and hard links) become copies of the regular file they name inside the
+    archive (a chain is followed, at most 40 steps); a link to anything else, devices, FIFOs and other special
+    members are refused."""
+    if zipfile.is_zipfile(archive):
+        z = zipfile.ZipFile(archive)
+        out = []
+        for info in z.infolist():
+            path = _member_path(info.filename, archive)
+            if not path:
+                continue
+            ftype = stat.S_IFMT(info.external_attr >> 16)      # 0: no Unix type recorded (a plain entry)
+            if ftype not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise PrepareError(f'{archive}: member {info.filename[:120]!r} is a link or special file; refusing')
+            out.append((path, 'dir' if info.is_dir() else 'file', lambda i=info: z.open(i)))
+        return z, out
+    if not tarfile.is_tarfile(archive):
+        raise PrepareError(f'{archive}: not a zip or tar archive')
+    t = tarfile.open(archive)
+    members = t.getmembers()
+    by_path = {}
+    for m in members:
+        by_path[_member_path(m.name, archive)] = m
     out = []
-    root = os.path.realpath(root)
-    for m in t.getmembers():
-        if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-            kind = 'device' if (m.ischr() or m.isblk()) else 'FIFO' if m.isfifo() else 'special file'
-            raise PrepareError(f'{archive}: member {m.name!r} is a {kind}; refusing to extract it')
-        if m.issym() or m.islnk():
-            base = os.path.dirname(os.path.join(root, m.name)) if m.issym() else root
-            target = os.path.realpath(os.path.join(base, m.linkname))
-            if os.path.isabs(m.linkname) or not (target == root or target.startswith(root + os.sep)):
-                raise PrepareError(f'{archive}: link {m.name!r} -> {m.linkname!r} points outside the archive; '
+    for m in members:
+        path = _member_path(m.name, archive)
+        if not path:
+            continue
+        src, steps = m, 0
+        while src.issym() or src.islnk():
+            steps += 1
+            target = _link_target(_member_path(src.name, archive), src.linkname, src.issym(), archive)
+            nxt = by_path.get(target)
+            if nxt is None or steps > 40:
+                raise PrepareError(f'{archive}: link {m.name[:120]!r} does not lead to a file inside the archive; '
                                    f'refusing')
-        m = copy.copy(m)
-        m.mode = (m.mode & 0o755) | (0o700 if m.isdir() else 0o600)
-        m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), '', ''
-        out.append(m)
-    return out
+            src = nxt
+        if src.isdir() and src is m:
+            out.append((path, 'dir', None))
+        elif src.isfile():
+            out.append((path, 'file', lambda s=src: t.extractfile(s)))
+        else:
+            kind = 'device' if (src.ischr() or src.isblk()) else 'FIFO' if src.isfifo() else 'special file'
+            raise PrepareError(f'{archive}: member {m.name[:120]!r} is (or links to) a {kind}; refusing to '
+                               f'extract it')
+    return t, out
+
+
+def _write_entries(entries, root):
+    """Create the entries under the fresh folder ``root``: folders 0o755, files 0o644, opened with O_EXCL and
+    O_NOFOLLOW (a path met twice, or through anything but our own folders, fails)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
+    for path, kind, reader in entries:
+        target = os.path.join(root, *path.split('/'))
+        if kind == 'dir':
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        fd = os.open(target, flags, 0o644)
+        with os.fdopen(fd, 'wb') as f, reader() as src:
+            shutil.copyfileobj(src, f, 1 << 20)
 
 
 def extract(archive, dest):
-    """Extract a zip or tar archive into ``dest`` (via a temporary folder, then moved into place).
+    """Extract a zip or tar archive into ``dest``.
 
-    Tar members go through the data filter (``_tar_members``); a damaged or truncated archive is a
-    one-line ``PrepareError`` and leaves nothing behind."""
-    tmp = dest.rstrip('/') + '/.extracting'
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    The archive library never writes anything: member names are checked lexically (``_member_path``),
+    links are resolved inside the archive and written as copies, special members are refused, and the files
+    are created by ``_write_entries`` in a fresh private temporary folder (mode 0o700) that contains nothing
+    but folders and regular files of ours; only then are the results moved into ``dest``. A damaged or
+    truncated archive, or a refused member, is a one-line ``PrepareError`` and leaves nothing behind."""
+    tmp = tempfile.mkdtemp(prefix='.extracting-', dir=dest)
     try:
+        handle = None
         try:
-            if zipfile.is_zipfile(archive):
-                with zipfile.ZipFile(archive) as z:
-                    _safe_members(z.namelist(), tmp)
-                    z.extractall(tmp)
-            elif tarfile.is_tarfile(archive):
-                with tarfile.open(archive) as t:
-                    members = _tar_members(t, archive, tmp)
-                    _safe_members([m.name for m in members], tmp)
-                    options = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
-                    t.extractall(tmp, members=members, numeric_owner=True, **options)
-            else:
-                raise PrepareError(f'{archive}: not a zip or tar archive')
+            handle, entries = _archive_entries(archive)
+            with handle:
+                _write_entries(entries, tmp)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, ValueError) as e:
             detail = ' '.join(str(e).split())[:200] or type(e).__name__
             raise PrepareError(f'{archive}: damaged or truncated archive ({detail}); delete it and download it '
                                f'again') from None
+        except FileExistsError as e:
+            raise PrepareError(f'{archive}: member {os.path.relpath(e.filename, tmp)!r} appears twice or '
+                               f'collides with a folder; refusing') from None
         for entry in os.listdir(tmp):
             target = os.path.join(dest, entry)
-            if os.path.exists(target):
+            if os.path.lexists(target):
                 _merge(os.path.join(tmp, entry), target)
             else:
                 os.replace(os.path.join(tmp, entry), target)
@@ -151,7 +209,7 @@ def _merge(src, dst):
         s, d = os.path.join(src, entry), os.path.join(dst, entry)
         if os.path.isdir(s) and os.path.isdir(d):
             _merge(s, d)
-        elif not os.path.exists(d):
+        elif not os.path.lexists(d):
             os.replace(s, d)
 
 

@@ -83,3 +83,90 @@ def test_archive_escaping_its_folder_is_refused(tmp_path):
     with pytest.raises(prepare_data.PrepareError, match='outside'):
         prepare_data.extract(str(bad), str(dest))
     assert not (tmp_path / 'evil.txt').exists()
+
+
+def _tar(path, members):
+    """Write a tar file from (TarInfo kwargs, data or None) pairs."""
+    with tarfile.open(path, 'w') as t:
+        for kw, data in members:
+            info = tarfile.TarInfo(kw.pop('name'))
+            for k, v in kw.items():
+                setattr(info, k, v)
+            if data is not None:
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+            else:
+                t.addfile(info)
+    return path
+
+
+def test_symlink_chain_beyond_path_max_cannot_escape(tmp_path):
+    """The PATH_MAX symlink-chain construction (links that resolve past PATH_MAX, where realpath stops
+    resolving and the tarfile 'data' filter is fooled), then a link through the chain to '..' and a file
+    written through it: refused, nothing written outside, no link left anywhere."""
+    comp = 'd' * 247
+    steps = 'abcdefghijklmnop'
+    members, path = [], ''
+    for i in steps:
+        members.append(({'name': f'{path}{comp}', 'type': tarfile.DIRTYPE}, None))
+        members.append(({'name': f'{path}{i}', 'type': tarfile.SYMTYPE, 'linkname': comp}, None))
+        path += f'{i}/'
+    link = '/'.join(steps) + '/' + 'l' * 254
+    members.append(({'name': link, 'type': tarfile.SYMTYPE, 'linkname': '../' * len(steps)}, None))
+    members.append(({'name': 'escape', 'type': tarfile.SYMTYPE, 'linkname': link + '/../../..'}, None))
+    members.append(({'name': 'escape/outside.txt'}, b'pwned'))
+    bad = _tar(tmp_path / 'benchmark.tar', members)
+    dest = tmp_path / 'root' / 'dest'
+    dest.mkdir(parents=True)
+    with pytest.raises(prepare_data.PrepareError):
+        prepare_data.extract(str(bad), str(dest))
+    assert not (tmp_path / 'root' / 'outside.txt').exists() and not (tmp_path / 'outside.txt').exists()
+    assert not any(p.is_symlink() for p in tmp_path.rglob('*'))
+    assert list(dest.iterdir()) == []
+
+
+def test_links_inside_the_archive_become_copies(tmp_path):
+    data = b'\x89PNG fake'
+    ok = _tar(tmp_path / 'ok.tar', [
+        ({'name': 'benchmark/Set5/HR', 'type': tarfile.DIRTYPE}, None),
+        ({'name': 'benchmark/Set5/HR/baby.png'}, data),
+        ({'name': 'benchmark/Set5/HR/alias.png', 'type': tarfile.SYMTYPE, 'linkname': 'baby.png'}, None),
+        ({'name': 'benchmark/Set5/HR/hard.png', 'type': tarfile.LNKTYPE,
+          'linkname': 'benchmark/Set5/HR/baby.png'}, None)])
+    dest = tmp_path / 'dest'
+    dest.mkdir()
+    prepare_data.extract(str(ok), str(dest))
+    hr = dest / 'benchmark/Set5/HR'
+    for name in ('baby.png', 'alias.png', 'hard.png'):
+        assert (hr / name).read_bytes() == data and not (hr / name).is_symlink()
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'dangling', 'absolute', 'dup'])
+def test_refused_members_leave_nothing(tmp_path, kind):
+    members = {
+        'fifo': [({'name': 'p', 'type': tarfile.FIFOTYPE}, None)],
+        'dangling': [({'name': 'a', 'type': tarfile.SYMTYPE, 'linkname': 'missing'}, None)],
+        'absolute': [({'name': 'a', 'type': tarfile.SYMTYPE, 'linkname': '/etc/passwd'}, None)],
+        'dup': [({'name': 'x.png'}, b'1'), ({'name': 'x.png'}, b'2')],
+    }[kind]
+    bad = _tar(tmp_path / 'bad.tar', [({'name': 'ok.png'}, b'fine')] + members)
+    dest = tmp_path / 'dest'
+    dest.mkdir()
+    with pytest.raises(prepare_data.PrepareError):
+        prepare_data.extract(str(bad), str(dest))
+    assert list(dest.iterdir()) == []
+
+
+def test_zip_symlink_member_is_refused(tmp_path):
+    import stat
+    import zipfile
+    bad = tmp_path / 'x.zip'
+    with zipfile.ZipFile(bad, 'w') as z:
+        info = zipfile.ZipInfo('link')
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, '../../etc')
+    dest = tmp_path / 'dest'
+    dest.mkdir()
+    with pytest.raises(prepare_data.PrepareError, match='link'):
+        prepare_data.extract(str(bad), str(dest))
+    assert list(dest.iterdir()) == []
