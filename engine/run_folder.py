@@ -1,8 +1,8 @@
 """The run folder of ``train.py``: one writer at a time, no debris from killed processes.
 
 * ``RunLock``: ``<run>/run.lock`` holds ``<pid> <hostname>`` of the training process that owns the
-  folder, created with ``O_CREAT | O_EXCL`` (atomic). A second process is refused with a one-line
-  error; a lock whose process no longer exists on this host is stale and taken over.
+  folder and is ``flock``-ed by it (released by the kernel when the process dies). A second process is
+  refused with a one-line error; a lock file left by a dead process is free and taken over.
 * ``clean_stale_temporaries``: ``utils.io.atomic_write`` writes ``.<name>.<random>.tmp`` files next to
   their target; a process killed mid-write leaves one behind. With the lock held, nothing else writes
   there, so every such file in the run folder is debris and is removed at start.
@@ -14,6 +14,11 @@ import errno
 import glob
 import os
 import socket
+
+try:
+    import fcntl
+except ImportError:      # Windows: exclusive creation + stale-pid check instead
+    fcntl = None
 
 LOCK_NAME = 'run.lock'
 DIVERGED_NAME = 'DIVERGED'
@@ -37,12 +42,21 @@ def pid_alive(pid):
 
 
 class RunLock:
-    """Exclusive ownership of a run folder by this process (see the module docstring)."""
+    """Exclusive ownership of a run folder by this process (see the module docstring).
+
+    Where ``fcntl`` exists (Linux, macOS) the lock is an ``flock`` held on ``run.lock`` for the life of the
+    process: the kernel releases it when the owner dies, so a lock left by a dead process is simply free
+    again, and two processes can never both hold it (no stale-lock takeover race). After locking, the
+    holder checks that the path still names the file it locked (a releasing owner unlinks it), and
+    retries otherwise. A lock file naming a live process on this host (or any process on another host) that
+    does not hold the flock (a run of older code, a shared network folder) is still honoured. Elsewhere, the file is created with ``O_CREAT | O_EXCL`` and a lock whose process no
+    longer exists on this host is replaced."""
 
     def __init__(self, folder):
         self.path = os.path.join(folder, LOCK_NAME)
         self.held = False
         self.took_over = None      # description of a stale lock that was replaced
+        self._fd = None
 
     def _read(self):
         try:
@@ -52,7 +66,49 @@ class RunLock:
         except (OSError, ValueError, IndexError):
             return None, ''
 
+    def _busy(self, pid, owner_host):
+        folder = os.path.dirname(self.path)
+        if owner_host and owner_host != socket.gethostname():
+            return RunFolderError(f'{folder} is locked by process {pid} on host {owner_host} ({self.path}); if that '
+                                  f'run is over, delete the lock file')
+        return RunFolderError(f'{folder} is in use by another training process'
+                              + (f' (pid {pid})' if pid is not None else '')
+                              + '; wait for it to finish or use another --name/--tag')
+
     def acquire(self):
+        if fcntl is None:
+            return self._acquire_exclusive_create()
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunFolderError(f'cannot create {self.path}: {e.strerror or e}') from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise self._busy(*self._read()) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:                 # the previous owner unlinked it between our open and our lock
+                os.close(fd)
+                continue
+            pid, owner_host = self._read()
+            if pid is not None and pid != os.getpid() and (owner_host not in ('', socket.gethostname())
+                                                           or pid_alive(pid)):
+                os.close(fd)             # written by a process that does not flock (another host, older code)
+                raise self._busy(pid, owner_host if owner_host != socket.gethostname() else '')
+            if pid is not None and pid != os.getpid():
+                self.took_over = f'pid {pid}'
+            os.ftruncate(fd, 0)
+            os.write(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode())
+            self._fd, self.held = fd, True
+            return self
+        raise RunFolderError(f'could not take {self.path} (another process keeps replacing it)')
+
+    def _acquire_exclusive_create(self):
         host = socket.gethostname()
         for _ in range(3):
             try:
@@ -60,12 +116,9 @@ class RunLock:
             except FileExistsError:
                 pid, owner_host = self._read()
                 if pid is not None and owner_host not in ('', host):
-                    raise RunFolderError(f'{os.path.dirname(self.path)} is locked by process {pid} on host '
-                                         f'{owner_host} ({self.path}); if that run is over, delete the lock file')
+                    raise self._busy(pid, owner_host) from None
                 if pid is not None and pid != os.getpid() and pid_alive(pid):
-                    raise RunFolderError(f'{os.path.dirname(self.path)} is in use by another training process '
-                                         f'(pid {pid}); wait for it to finish or use another --name/--tag')
-                # stale (dead owner or unreadable): replace it
+                    raise self._busy(pid, '') from None
                 self.took_over = f'pid {pid}' if pid is not None else 'unreadable lock file'
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
@@ -82,9 +135,12 @@ class RunLock:
         if not self.held:
             return
         pid, _ = self._read()
-        if pid == os.getpid():
+        if pid == os.getpid():           # (still) ours: unlink it while holding the flock, then let go
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.held = False
 
     def __enter__(self):

@@ -152,3 +152,40 @@ def test_run_lock_unit(tmp_path):
             RunLock(str(tmp_path)).acquire()
         (tmp_path / 'run.lock').write_text('1 x\n')
     assert (tmp_path / 'run.lock').exists()              # not ours any more: left alone
+
+
+def _take_lock(folder, barrier, results):
+    from engine.run_folder import RunFolderError, RunLock
+    barrier.wait()
+    try:
+        lock = RunLock(folder).acquire()
+    except RunFolderError:
+        results.put('refused')
+        return
+    results.put('owner')
+    import time
+    time.sleep(1.0)          # hold it while the others try
+    lock.release()
+
+
+def test_concurrent_takeover_of_a_stale_lock_has_one_owner(tmp_path):
+    """Four processes start together on a stale lock (its process is dead): exactly one owns the folder,
+    the others are refused, in every trial."""
+    import multiprocessing as mp
+    ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    import socket
+    for trial in range(5):
+        folder = tmp_path / f't{trial}'
+        folder.mkdir()
+        (folder / 'run.lock').write_text(f'{dead.pid} {socket.gethostname()}\n')
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_take_lock, args=(str(folder), barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        outcomes = sorted(results.get(timeout=5) for _ in procs)
+        assert outcomes == ['owner', 'refused', 'refused', 'refused'], (trial, outcomes)
+        assert not (folder / 'run.lock').exists()
