@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from utils.image import ImageError, array_to_tensor, is_image_file, load_array, read_size
 from utils.io import atomic_write
+from utils.untrusted import excerpt
 
 from .registry import DatasetError, register
 
@@ -30,7 +31,7 @@ CACHE_MODES = ('none', 'bin', 'in_memory')
 
 def _int_arg(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DatasetError(f'image-folder: {name} must be an integer >= {minimum}, got {value!r:.80}')
+        raise DatasetError(f'image-folder: {name} must be an integer >= {minimum}, got {excerpt(value, 80)}')
     return int(value)
 
 
@@ -99,7 +100,7 @@ class ImageFolder(Dataset):
             roots = list(root_path)
         else:
             raise DatasetError(f'image-folder: {_arg} must be a folder path (or a list of them), got '
-                               f'{type(root_path).__name__} {root_path!r:.80}')
+                               f'{type(root_path).__name__} {excerpt(root_path, 80)}')
         if not roots:
             raise DatasetError(f'image-folder: {_arg} is an empty list')
         if split_file is not None and not isinstance(split_file, (str, os.PathLike)):

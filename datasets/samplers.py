@@ -19,6 +19,8 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from utils.untrusted import excerpt
+
 from .registry import DatasetError, DatasetSpecError
 
 
@@ -94,7 +96,7 @@ def make_batch_sampler(spec, dataset, batch_size, seed=0, rank=0, world=1, shuff
     ``shuffle`` (training drops the incomplete last batch, validation keeps every sample).
     """
     if not isinstance(spec, dict) or spec.get('name') not in BATCH_SAMPLERS:
-        raise DatasetSpecError(f'unknown batch sampler {spec!r:.100}; registered batch samplers: '
+        raise DatasetSpecError(f'unknown batch sampler {excerpt(spec, 100)}; registered batch samplers: '
                                f'{", ".join(BATCH_SAMPLERS)}')
     args = dict(spec.get('args') or {})
     unknown = sorted(set(args) - {'scales', 'drop_last'})

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from utils.coords import make_cell, make_coord, to_pixel_samples
 from utils.imresize import pil_bicubic_resize
+from utils.untrusted import excerpt
 
 from .registry import DatasetError, register
 
@@ -80,7 +81,7 @@ def _check_int(value, name, minimum=1, allow_none=True):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DatasetError(f'{name} must be an integer >= {minimum}, got {value!r:.80}')
+        raise DatasetError(f'{name} must be an integer >= {minimum}, got {excerpt(value, 80)}')
     return int(value)
 
 
@@ -95,13 +96,13 @@ def _check_number(value, name, minimum=None):
             except ValueError:
                 pass
         raise DatasetError(f'{name} must be a number' + (f' >= {minimum}' if minimum is not None else '')
-                           + f', got {value!r:.80}')
+                           + f', got {excerpt(value, 80)}')
     return value
 
 
 def _check_bool(value, name):
     if not isinstance(value, bool):
-        raise DatasetError(f'{name} must be true or false, got {value!r:.80}')
+        raise DatasetError(f'{name} must be true or false, got {excerpt(value, 80)}')
     return value
 
 
@@ -317,7 +318,7 @@ class SRIntegerDownsampled(RandomWrapper):
         if not isinstance(scales, (list, tuple)) or not scales \
                 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in scales):
             raise DatasetError(f'sr-integer-downsampled: scales must be a list of positive integers, '
-                               f'got {scales!r:.80}')
+                               f'got {excerpt(scales, 80)}')
         self.scales = [int(s) for s in scales]
         self.inp_size = _check_int(inp_size, 'sr-integer-downsampled: inp_size')
         self.augment = _check_bool(augment, 'sr-integer-downsampled: augment')

@@ -34,6 +34,7 @@ import torch
 from utils import metrics as image_metrics
 from utils.config import ConfigError
 from utils.registry import Registry
+from utils.untrusted import excerpt
 
 OPTIMIZERS = Registry('optimizer', ConfigError)
 SCHEDULERS = Registry('scheduler', ConfigError)
@@ -152,7 +153,7 @@ def l1_metric(pred, gt):
 def build_optimizer(spec, params):
     """``spec`` = ``{name, args}``; returns the optimizer over ``params``."""
     if not isinstance(spec, dict) or 'name' not in spec:
-        raise ConfigError(f'optimizer must be a mapping {{name, args}}, got {spec!r:.100}')
+        raise ConfigError(f'optimizer must be a mapping {{name, args}}, got {excerpt(spec, 100)}')
     args = spec.get('args') or {}
     if not isinstance(args, dict):
         raise ConfigError(f'optimizer.args must be a mapping, got {type(args).__name__}')
@@ -174,12 +175,12 @@ def scheduler_spec(cfg):
         raise ConfigError("config has both 'multi_step_lr' and 'scheduler'; keep one")
     if legacy is not None:
         if not isinstance(legacy, dict):
-            raise ConfigError(f'multi_step_lr must be a mapping {{milestones, gamma}}, got {legacy!r:.100}')
+            raise ConfigError(f'multi_step_lr must be a mapping {{milestones, gamma}}, got {excerpt(legacy, 100)}')
         return {'name': 'multi_step_lr', 'args': dict(legacy)}
     if spec is None:
         return None
     if not isinstance(spec, dict) or 'name' not in spec:
-        raise ConfigError(f'scheduler must be a mapping {{name, args}}, got {spec!r:.100}')
+        raise ConfigError(f'scheduler must be a mapping {{name, args}}, got {excerpt(spec, 100)}')
     return spec
 
 
@@ -201,7 +202,7 @@ class WeightedLoss:
     def __init__(self, spec):
         spec = {'l1': 1.0} if spec is None else spec
         if not isinstance(spec, dict) or not spec:
-            raise ConfigError(f'loss must be a mapping of loss name to weight, got {spec!r:.100}')
+            raise ConfigError(f'loss must be a mapping of loss name to weight, got {excerpt(spec, 100)}')
         self.terms = []
         for name, value in spec.items():
             fn = LOSSES.get(name)

@@ -30,6 +30,7 @@ import models
 from models.checkpoint import load_checkpoint
 from utils.config import ConfigError, require
 from utils.io import atomic_write
+from utils.untrusted import excerpt
 
 from .cli import build_dataset, check_data_norm
 from .components import WeightedLoss, _numbers, build_metric, build_optimizer, build_scheduler
@@ -140,7 +141,7 @@ def read_settings(cfg, options=None):
 # ------------------------------------------------------------------------------------------------
 def make_dataset(spec, seed, where):
     if not isinstance(spec, dict):
-        raise ConfigError(f'{where} must be a mapping {{dataset, wrapper, batch_size}}, got {spec!r:.100}')
+        raise ConfigError(f'{where} must be a mapping {{dataset, wrapper, batch_size}}, got {excerpt(spec, 100)}')
     return build_dataset(spec, where, seed)
 
 
@@ -474,7 +475,7 @@ def warm_start(run, path):
     (name and args equal; the EMA average, when the file holds one, is taken), with a fresh optimizer, schedule
     and epoch count. Ignored when the run resumes from its own ``epoch-last.pth``."""
     if not isinstance(path, str) or not path:
-        raise ConfigError(f'init_weights must be a checkpoint path, got {path!r:.60}')
+        raise ConfigError(f'init_weights must be a checkpoint path, got {excerpt(path, 60)}')
     ckpt = load_checkpoint(path, map_location='cpu')
     spec = ckpt['model']
     if spec.get('name') != run.cfg['model'].get('name') or \

@@ -13,6 +13,7 @@ import os
 import torch
 
 from utils.config import ConfigError, load_yaml
+from utils.untrusted import excerpt
 
 PARAM_KEYS = ('params_ema', 'params')
 
@@ -119,7 +120,7 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
     key, sd = pick_state_dict(ckpt, where, param_key)
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise CheckpointError(f"{where}: {key!r} entry {bad[0]!r:.80} is not a named tensor")
+        raise CheckpointError(f"{where}: {key!r} entry {excerpt(bad[0], 80)} is not a named tensor")
     sd = strip_prefix(sd)
     check_finite(sd, where)
     try:

@@ -11,10 +11,13 @@ are read and written without any pickle at all.
 """
 import os
 import pickle
+import struct
+import zipfile
 
 import torch
 
 from utils.io import atomic_write
+from utils.untrusted import ContentError, check_tree, excerpt
 
 from .registry import ModelSpecError, make
 
@@ -33,6 +36,12 @@ def _detail(error):
     informative = [line for line in lines if not line.startswith(('Weights only load failed', 'Please file',
                                                                   'Check the documentation'))]
     return (informative or lines or [type(error).__name__])[0].rstrip('.')
+
+
+#: What ``torch.load`` raises on damaged or tampered files (a ``data.pkl`` naming missing records, bad
+#: offsets, truncated zip members, nesting bombs, ...).
+_UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError, TypeError,
+               RecursionError, OverflowError, struct.error, zipfile.BadZipFile)
 
 
 def _load(path, map_location):
@@ -101,7 +110,7 @@ def _check_spec(spec, where):
                               f"{type(spec.get('sd')).__name__}")
     bad = [k for k, v in spec['sd'].items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise CheckpointError(f"{where}: 'model.sd' entry {bad[0]!r:.80} is not a named tensor")
+        raise CheckpointError(f"{where}: 'model.sd' entry {excerpt(bad[0], 80)} is not a named tensor")
     try:
         spec_types(spec, MODELS, 'model')
     except InputError as e:
@@ -126,12 +135,15 @@ def load_checkpoint(path, map_location='cpu'):
         except weights.WeightsError as e:
             raise CheckpointError(str(e)) from None
     try:
-        ckpt = _load(path, map_location)
+        ckpt = check_tree(_load(path, map_location), path, leaf_types=(torch.Tensor, torch.Size))
     except pickle.UnpicklingError as e:
         raise CheckpointError(f'refusing to load {path}: it is not a plain tensor checkpoint ({_detail(e)}); '
                               f'unpickling it fully could run code') from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({_detail(e)})') from None
+    except ContentError as e:
+        raise CheckpointError(str(e)) from None
+    except _UNREADABLE as e:    # a tampered archive fails anywhere inside torch.load
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: '
+                              f'{_detail(e)[:200]})') from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
         from .basicsr_checkpoint import describe, is_basicsr
         if is_basicsr(ckpt):
@@ -189,7 +201,7 @@ def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options
     spec = dict(ckpt['model'])
     args = spec.get('args')
     if args is not None and not isinstance(args, dict):
-        raise CheckpointError(f"{where}: 'model.args' must be a mapping, got {type(args).__name__} {args!r:.60}")
+        raise CheckpointError(f"{where}: 'model.args' must be a mapping, got {type(args).__name__} {excerpt(args, 60)}")
     spec['args'] = dict(args or {})
     _check_spec(spec, where)
     spec['sd'] = strip_prefix(spec['sd'])

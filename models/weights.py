@@ -20,6 +20,7 @@ import struct
 import torch
 
 from utils.io import atomic_write
+from utils.untrusted import MAX_DEPTH, ContentError, check_tree, excerpt, json_depth
 
 FORMAT_VERSION = '1'
 EXTENSION = '.safetensors'
@@ -70,7 +71,7 @@ def to_bytes(ckpt):
     tensors = {}
     for key, value in spec['sd'].items():
         if not isinstance(key, str) or not torch.is_tensor(value):
-            raise WeightsError(f'state dict entry {key!r:.80} is not a named tensor')
+            raise WeightsError(f'state dict entry {excerpt(key, 80)} is not a named tensor')
         # a private contiguous CPU copy: safetensors refuses tensors that share memory (tied weights)
         tensors[key] = value.detach().to('cpu', copy=True).contiguous()
     extra = {k: v for k, v in ckpt.items() if k != 'model'}
@@ -106,10 +107,14 @@ def load(path, map_location='cpu'):
     if version != FORMAT_VERSION:
         raise WeightsError(f'{path}: metadata format {version!r} is not supported (expected {FORMAT_VERSION!r})')
     try:
-        args = json.loads(meta.get('assr.model.args') or '{}')
-        extra = json.loads(meta['assr.extra']) if meta.get('assr.extra') else {}
-    except ValueError as e:
-        raise WeightsError(f'{path}: corrupt model metadata ({e})') from None
+        texts = {k: meta.get(k) or '{}' for k in ('assr.model.args', 'assr.extra')}
+        for key, text in texts.items():
+            if json_depth(text) > MAX_DEPTH:
+                raise ContentError(f'metadata {key!r} is nested more than {MAX_DEPTH} levels deep')
+        args, extra = (check_tree(json.loads(texts[k]), f'metadata {k!r}') for k in texts)
+    except (ValueError, RecursionError) as e:       # ContentError is a ValueError
+        detail = ' '.join(str(e).split())[:200]
+        raise WeightsError(f'{path}: corrupt model metadata ({detail})') from None
     if not isinstance(args, dict) or not isinstance(extra, dict):
         raise WeightsError(f"{path}: metadata 'assr.model.args' / 'assr.extra' must be JSON objects")
     if map_location is not None and str(map_location) != 'cpu':

@@ -4,19 +4,24 @@ import os
 
 import yaml
 
+from utils.untrusted import ContentError, check_tree, excerpt
 
 class ConfigError(ValueError):
     """A config file is missing, malformed or lacks a required entry."""
 
 
 def load_yaml(path, what='config', error=None):
-    """Parse a YAML file; a missing file or a syntax error raises ``error`` (default ConfigError) in one line."""
+    """Parse a YAML file; a missing file, a syntax error or content beyond ``utils.untrusted.check_tree``'s bounds
+    (depth, expanded size: YAML alias bombs) raises ``error`` (default ConfigError) in one line."""
     error = error or ConfigError
     if not os.path.isfile(path):
         raise error(f'{what} not found: {path}')
     try:
         with open(path) as f:
-            return yaml.safe_load(f)
+            data = yaml.safe_load(f)
+        return check_tree(data, path)
+    except ContentError as e:
+        raise error(str(e)) from None
     except yaml.YAMLError as e:
         raise error(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
     except UnicodeDecodeError:
@@ -104,7 +109,7 @@ def apply_overrides(cfg, overrides):
                                       f"write +{key}=... to add it")
                 node[p] = {}
             if not isinstance(node[p], dict):
-                raise ConfigError(f"override {item!r}: {path} is not a mapping (it holds {node[p]!r:.60})")
+                raise ConfigError(f"override {item!r}: {path} is not a mapping (it holds {excerpt(node[p], 60)})")
             node = node[p]
         last = parts[-1]
         new = parse_value(value)

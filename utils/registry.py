@@ -8,6 +8,7 @@ import copy
 import difflib
 import inspect
 
+from utils.untrusted import excerpt
 
 class Registry:
     """Args:
@@ -55,7 +56,7 @@ class Registry:
     def build(self, spec, args=None):
         """Instantiate ``spec``; returns (object, name)."""
         if not isinstance(spec, dict) or 'name' not in spec:
-            raise self.error(f'a {self.kind} spec must be a dict with a "name" key, got {spec!r:.200}')
+            raise self.error(f'a {self.kind} spec must be a dict with a "name" key, got {excerpt(spec, 200)}')
         name = spec['name']
         cls = self.get(name)
         merged = copy.deepcopy(spec.get('args') or {})
@@ -63,4 +64,10 @@ class Registry:
             raise self.error(f'{self.kind} {name!r}: "args" must be a mapping, got {type(merged).__name__}')
         merged.update(args or {})
         self.check_args(cls, name, merged)
-        return cls(**merged)
+        try:
+            return cls(**merged)
+        except (KeyError, IndexError, AttributeError, TypeError, ZeroDivisionError) as e:
+            # a constructor tripping over a value it did not expect: name the object, one line
+            detail = ' '.join(str(e).split())[:200]
+            raise self.error(f'{self.kind} {name!r} cannot be built from these args ({type(e).__name__}: '
+                             f'{detail})') from None

@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 
+from utils.untrusted import excerpt
 
 class InputError(ValueError):
     """A command-line value, path or config entry is invalid; the message names it."""
@@ -68,7 +69,7 @@ def integer(value, name, minimum=None, maximum=None, allow_none=True):
             else:
                 raise TypeError
         except TypeError:
-            raise InputError(f'{name} must be an integer, got {type(value).__name__} {value!r:.80}') from None
+            raise InputError(f'{name} must be an integer, got {type(value).__name__} {excerpt(value, 80)}') from None
     _in_range(value, value, name, minimum, maximum)
     return value
 
@@ -80,7 +81,7 @@ def number(value, name, minimum=None, maximum=None, positive=False, allow_none=T
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InputError(f'{name} must be a number, got {value!r:.80}') from None
+        raise InputError(f'{name} must be a number, got {excerpt(value, 80)}') from None
     if not math.isfinite(v):
         raise InputError(f'{name} must be a finite number, got {value!r}')
     if positive and v <= 0:
@@ -366,7 +367,7 @@ def spec_types(spec, registry, where, _depth=0):
     name = spec.get('name')
     if not isinstance(name, str):
         raise InputError(f'{where}.name: must be a string (a registered name), got {type(name).__name__} '
-                         f'{name!r:.60}')
+                         f'{excerpt(name, 60)}')
     args = spec.get('args')
     if args is None:
         args = {}
@@ -382,7 +383,7 @@ def spec_types(spec, registry, where, _depth=0):
         return
     for key, value in args.items():
         if not isinstance(key, str):
-            raise InputError(f'{where}.args: argument names must be strings, got {key!r:.60}')
+            raise InputError(f'{where}.args: argument names must be strings, got {excerpt(key, 60)}')
         if key.endswith('_spec') and isinstance(value, dict):
             if 'name' in value:           # a child model spec (encoder_spec, imnet_spec, ...)
                 spec_types(value, registry, f'{where}.args.{key}', _depth + 1)
@@ -392,7 +393,7 @@ def spec_types(spec, registry, where, _depth=0):
             continue
         if not _type_ok(value, p.default):
             raise InputError(f'{where}.args.{key}: must be {_type_name(p.default)} (like the default '
-                             f'{p.default!r}), got {type(value).__name__} {value!r:.60}')
+                             f'{p.default!r}), got {type(value).__name__} {excerpt(value, 60)}')
         if isinstance(p.default, (int, float)) and not isinstance(p.default, bool) and p.default > 0 \
                 and isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and not (math.isfinite(value) and value >= 0):

@@ -25,6 +25,8 @@ CMSR table building renders without the skip (published ``init_cmsr``, docs/devi
 """
 import torch
 
+from utils.untrusted import excerpt
+
 from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
@@ -57,7 +59,7 @@ class LMCiaoSR(LMDecoder):
         for what, spec in (('prenet_q', prenet_q), ('hypernet_q', hypernet_q), ('imnet_q', imnet_q),
                            ('imnet_k', imnet_k), ('imnet_v', imnet_v)):
             if not isinstance(spec, dict):
-                raise ValueError(f'lmciaosr: {what} must be a model spec {{name, args}}, got {spec!r:.80}')
+                raise ValueError(f'lmciaosr: {what} must be a model spec {{name, args}}, got {excerpt(spec, 80)}')
         if local_size != 2:
             raise ValueError(f'lmciaosr: only local_size=2 is published (4 neighbours), got {local_size}')
         if not feat_unfold:
@@ -73,7 +75,7 @@ class LMCiaoSR(LMDecoder):
         self.multi_scale = list(multi_scale) if isinstance(multi_scale, (list, tuple)) else [multi_scale]
         self.softmax_scale, self.mod_input = softmax_scale, mod_input
         self.local_ensemble = True
-        hd = dict(imnet_q.get('args') or {})['hidden_dim']
+        hd = self.render_width(imnet_q, 'imnet_q')
         kdim = 4 * BASE_C
         nl = c * len(self.multi_scale) if non_local_attn else 0
         self.prenet_q = registry.make(prenet_q, args={'in_dim': c * 9, 'out_dim': kdim})

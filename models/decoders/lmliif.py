@@ -22,6 +22,8 @@ import functools
 
 import torch
 
+from utils.untrusted import excerpt
+
 from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
@@ -104,6 +106,19 @@ class LMDecoder(ImplicitDecoder):
 
     modulated = True
     intensity_range = (0.0, 1.0)
+
+    @staticmethod
+    def render_width(spec, where='imnet_spec'):
+        """The hidden width of a render-MLP spec, which must be an ``lmmlp`` (the modulated MLP) with an
+        integer ``hidden_dim``; anything else is refused in one line before the model is built."""
+        if not isinstance(spec, dict) or spec.get('name') != 'lmmlp':
+            name = spec.get('name') if isinstance(spec, dict) else spec
+            raise ValueError(f"{where}: an LM model needs the modulated render MLP 'lmmlp', got {excerpt(name, 40)}")
+        hd = (spec.get('args') or {}).get('hidden_dim') if isinstance(spec.get('args') or {}, dict) else None
+        if not isinstance(hd, int) or isinstance(hd, bool) or hd < 1:
+            raise ValueError(f'{where}.args.hidden_dim: the render width must be a positive integer, got '
+                             f'{excerpt(hd, 40)}')
+        return hd
 
     def __init__(self, encoder_spec, cmsr_spec=None, mixed_le=None):
         super().__init__(encoder_spec)
@@ -434,8 +449,7 @@ class LMLIIF(LMDecoder):
         self.local_ensemble, self.feat_unfold, self.cell_decode, self.mod_input = \
             local_ensemble, feat_unfold, cell_decode, mod_input
         c = self.encoder.out_dim
-        imnet_args = dict(imnet_spec['args'])
-        hd = imnet_args['hidden_dim']
+        hd = self.render_width(imnet_spec)
         render_in = (hd if mod_input else c) + 2 + (2 if cell_decode else 0)
         self.imnet = registry.make(imnet_spec, args={'in_dim': render_in, 'mod_up_merge': False})
         self.mod_dim = self.imnet.mod_dim

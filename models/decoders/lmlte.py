@@ -30,7 +30,7 @@ class LMLTE(LMDecoder):
         super().__init__(encoder_spec, cmsr_spec, mixed_le)
         self.local_ensemble, self.cell_decode, self.mod_input = local_ensemble, cell_decode, mod_input
         c = self.encoder.out_dim
-        hd = dict(imnet_spec['args'])['hidden_dim']
+        hd = self.render_width(imnet_spec)
         self.coef = nn.Conv2d(c, hidden_dim, 3, padding=1)
         self.freq = nn.Conv2d(c, hidden_dim, 3, padding=1)
         self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
