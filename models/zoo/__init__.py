@@ -12,11 +12,15 @@ name             encoder (feature F fed to the upsampler)                       
 ``RDNIGPlus``    RDN config B (G0 64, 16 RDB x 8 convs, growth 64), IGConv+           ``UPNet``       64
 ``RCANIGPlus``   RCAN 10 groups x 20 RCAB, 64 ch, reduction 16, IGConv+               ``tail``        64
 ``SwinIRMS``     SwinIR classical (embed 180, 6 x 6 RSTB), F = conv_after_body + x   ``upsample``    180
+``SMFANetIG``    SMFANet (48 ch x 12 FMB), F = feats + to_feat; IGConv, no skip      ``to_img``      48
+SMFANetIGPlus    the same, IGConv+ (FGRep + IGSample ``skip``)                       ``to_img``      48
+``PLKSRIGPlus``  PLKSR (64 ch x 28 PLK blocks, kernel 17, DCCM, EA), F = feats(x)    ``to_rgb``      64
 ===============  ==================================================================  ==============  =====
 
-Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``.
+Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``, ``smfanet-ig``,
+``smfanet-ig-plus``, ``plksr-ig-plus``.
 
 Conventions, registration and the test-time forward: :mod:`.base`.
 """
-from . import base, edsr, rdn, rcan, swinir  # noqa: F401  (populate the registry)
+from . import base, edsr, rdn, rcan, swinir, smfanet, plksr  # noqa: F401  (populate the registry)
 from .base import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS, PublishedIGConvSR, published_arch  # noqa: F401
