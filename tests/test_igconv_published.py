@@ -21,7 +21,7 @@ from .conftest import SHARED, closed_form_fill, load_golden, need
 ARCHS = ['EDSRIG', 'EDSRIGPlus', 'RDNIGPlus', 'RCANIGPlus', 'SwinIRMS']
 # parameter counts of the published models (golden README table; the upsampler parts from the published module)
 N_PARAMS = {'EDSRIG': 39_806_211, 'EDSRIGPlus': 41_053_699, 'RDNIGPlus': 22_895_811, 'RCANIGPlus': 16_217_083,
-            'SwinIRMS': 13_490_215}
+            'SwinIRMS': 13_490_215, 'SMFANetIG': 960_483, 'SMFANetIGPlus': 1_249_507, 'PLKSRIGPlus': 8_280_259}
 C_INTO_IGCONV = {'EDSRIG': 256, 'EDSRIGPlus': 256, 'RDNIGPlus': 64, 'RCANIGPlus': 64, 'SwinIRMS': 180}
 OPTIONS = SHARED / 'published' / 'igconv-options'
 TOL, REL, FOLD_TOL = 1e-4, 1e-4, 1e-5
