@@ -410,11 +410,33 @@ def _lr_of(args):
     return _numbers(args or {}, 'optimizer.args').get('lr')
 
 
+def check_training_state(ckpt, path):
+    """Refuse a file that is not a training checkpoint of ``train.py`` (an exported model copied over
+    ``epoch-last.pth``, a file without an epoch or optimizer state) in one line, before anything is used."""
+    missing = [k for k in ('epoch', 'optimizer') if k not in ckpt]
+    if missing:
+        raise ConfigError(f'{path} is not a training checkpoint (no {" / ".join(missing)}: an exported or '
+                          f'published model?); resume needs the epoch-last.pth a run wrote: start over with '
+                          f'--no-resume, or warm-start from this file with init_weights: {path}')
+    epoch, opt = ckpt['epoch'], ckpt['optimizer']
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ConfigError(f"{path}: 'epoch' must be a non-negative integer, got {excerpt(epoch, 40)}")
+    if not isinstance(opt, dict) or not isinstance(opt.get('name'), str) or not isinstance(opt.get('sd'), dict):
+        raise ConfigError(f"{path}: 'optimizer' must be {{'name', 'args', 'sd'}} as train.py writes it")
+    for key in ('model_params', 'scheduler', 'scaler'):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping, got {type(ckpt[key]).__name__}")
+    sched = ckpt.get('scheduler')
+    if sched and (isinstance(sched.get('last_epoch'), bool) or not isinstance(sched.get('last_epoch'), int)):
+        raise ConfigError(f"{path}: 'scheduler.last_epoch' must be an integer")
+
+
 def restore(run, ckpt):
     """Load ``epoch-last.pth`` into the run: weights, optimizer (with config changes honoured), scheduler,
     AMP scaler, EMA, epoch and best value. Refuses diverged or mismatching checkpoints."""
     path = run.last_path
     cfg = run.cfg
+    check_training_state(ckpt, path)
     old_cfg = ckpt.get('config') or {}
     params_sd = (ckpt.get('model_params') or {}).get('sd', ckpt['model']['sd'])
     if not all_finite(ckpt['model']['sd'].values()) or not all_finite(params_sd.values()) \

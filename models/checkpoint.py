@@ -128,6 +128,8 @@ def load_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f'checkpoint not found: {path}')
     if os.path.isdir(path):
         raise CheckpointError(f'checkpoint path is a directory: {path}')
+    if not os.path.isfile(path):      # a FIFO, socket or device would block or stream forever
+        raise CheckpointError(f'checkpoint {path} is not a regular file')
     from . import weights
     if weights.is_safetensors(path):
         try:
@@ -230,5 +232,33 @@ def save_checkpoint(path, ckpt):
             return weights.save(path, ckpt)
         except weights.WeightsError as e:
             raise CheckpointError(f'{path}: {e}') from None
-    with atomic_write(path, 'wb') as f:
-        torch.save(ckpt, f)
+    try:
+        with atomic_write(path, 'wb') as f:
+            sink = _RecordingWriter(f)
+            try:
+                torch.save(ckpt, sink)
+            except RuntimeError:
+                if sink.error is not None:       # torch reports a failed write as an opaque RuntimeError
+                    raise sink.error from None
+                raise
+    except OSError as e:
+        kept = 'the previous file is unchanged' if os.path.exists(path) else 'nothing was written'
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror or e} ({kept})') from None
+
+
+class _RecordingWriter:
+    """A binary file wrapper that remembers the ``OSError`` of a failed write (disk full, quota, I/O
+    error), which ``torch.save`` would otherwise turn into an unrelated-looking RuntimeError."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()

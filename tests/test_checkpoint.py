@@ -123,3 +123,48 @@ def test_export_keeps_only_what_inference_needs(tmp_path):
     assert set(out) == {'model', 'epoch', 'trained_with'} and out['trained_with']['best_val_psnr'] == 30.5
     assert load_model(tmp_path / 'm.pth').spec == spec
     assert export_model.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'x.pth')]) == 1
+
+
+def test_disk_full_while_saving_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A failed write (ENOSPC) during torch.save: one OSError naming the file and the cause, the previous
+    checkpoint intact, no temporary file left."""
+    import errno
+    import io
+    import os
+    from models.checkpoint import save_checkpoint
+    path = tmp_path / 'epoch-last.pth'
+    save_checkpoint(path, {'model': {'name': 'x', 'args': {}, 'sd': {'w': torch.ones(3)}}, 'epoch': 1})
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    class Full(io.RawIOBase):
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 2000:
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+
+    monkeypatch.setattr(os, 'fdopen', lambda fd, mode='r', *a, **k: Full(real_fdopen(fd, mode, *a, **k)))
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, {'model': {'name': 'x', 'args': {}, 'sd': {'w': torch.zeros(100000)}}, 'epoch': 2})
+    assert info.value.errno == errno.ENOSPC
+    assert 'No space left on device' in str(info.value) and 'previous file is unchanged' in str(info.value)
+    assert '\n' not in str(info.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ['epoch-last.pth']

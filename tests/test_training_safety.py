@@ -189,3 +189,26 @@ def test_concurrent_takeover_of_a_stale_lock_has_one_owner(tmp_path):
         outcomes = sorted(results.get(timeout=5) for _ in procs)
         assert outcomes == ['owner', 'refused', 'refused', 'refused'], (trial, outcomes)
         assert not (folder / 'run.lock').exists()
+
+
+@pytest.mark.parametrize('kind', ['exported', 'no_epoch', 'bad_epoch'])
+def test_resume_refuses_a_file_that_is_not_a_training_checkpoint(tmp_path, data, capsys, kind):
+    """An exported model copied over epoch-last.pth, or a checkpoint without (or with a bad) epoch: one line
+    naming the file and the way out, nothing written (issue 24, cause 2)."""
+    cfg = tiny(tmp_path, data, epoch_max=2)
+    assert run_train(cfg, tmp_path / 'r', '--stop-after', '1') == 0
+    run = tmp_path / 'r/_tiny'
+    ckpt = torch.load(run / 'epoch-last.pth', weights_only=True)      # not memory-mapped: rewritten below
+    if kind == 'exported':
+        ckpt = {'model': ckpt['model']}
+    elif kind == 'no_epoch':
+        del ckpt['epoch']
+    else:
+        ckpt['epoch'] = 'two'
+    torch.save(ckpt, run / 'epoch-last.pth')
+    before = snapshot(run)
+    capsys.readouterr()
+    assert run_train(cfg, tmp_path / 'r') == 1
+    one_line_error(capsys, 'epoch-last.pth', "'epoch'" if kind == 'bad_epoch' else 'not a training checkpoint')
+    assert {k: v for k, v in snapshot(run).items() if k != 'log.txt'} == \
+        {k: v for k, v in before.items() if k != 'log.txt'}

@@ -14,8 +14,10 @@ def load_yaml(path, what='config', error=None):
     """Parse a YAML file; a missing file, a syntax error or content beyond ``utils.untrusted.check_tree``'s bounds
     (depth, expanded size: YAML alias bombs) raises ``error`` (default ConfigError) in one line."""
     error = error or ConfigError
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise error(f'{what} not found: {path}')
+    if not os.path.isfile(path):      # a folder, FIFO, socket or device
+        raise error(f'{what} {path}: not a regular file')
     try:
         with open(path) as f:
             data = yaml.safe_load(f)

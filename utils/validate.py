@@ -211,6 +211,8 @@ def input_file(path, name):
         raise InputError(f'{name} {path}: file not found')
     if os.path.isdir(path):
         raise InputError(f'{name} {path}: is a directory, not a file')
+    if not os.path.isfile(path):      # a FIFO, socket or device would block or stream forever
+        raise InputError(f'{name} {path}: not a regular file')
     if not os.access(path, os.R_OK):
         raise InputError(f'{name} {path}: not readable (permission denied)')
     return path
