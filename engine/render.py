@@ -28,6 +28,7 @@ from typing import Tuple
 import torch
 
 from models.decoders.implicit import grid_blocks
+from models.layers.padding import mirror_pad, pad_to_multiple
 from utils.coords import clipped_cell, make_coord, pixel_position, target_axis, target_range
 
 from . import cmsr as cmsr_lib
@@ -47,7 +48,7 @@ def denormalise(x):
 
 
 def window_pad(x, window, published=False):
-    """Pad (B, C, h, w) bottom/right to a multiple of ``window``.
+    """Pad (B, C, h, w) bottom/right to a multiple of ``window`` (any size: ``models.layers.padding``).
 
     ``published=True`` reproduces the LIIF/LTE/LMF test script: it always adds 1..window pixels (never
     0), by mirroring with edge repetition. Otherwise the minimal reflect padding (none for multiples).
@@ -56,11 +57,8 @@ def window_pad(x, window, published=False):
         return x
     h, w = x.shape[-2:]
     if published:
-        ph, pw = (h // window + 1) * window - h, (w // window + 1) * window - w
-        x = torch.cat([x, torch.flip(x, [2])], 2)[:, :, :h + ph, :]
-        return torch.cat([x, torch.flip(x, [3])], 3)[:, :, :, :w + pw]
-    ph, pw = (-h) % window, (-w) % window
-    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode='reflect') if (ph or pw) else x
+        return mirror_pad(x, padded_size(h, window, True) - h, padded_size(w, window, True) - w, 'symmetric')
+    return pad_to_multiple(x, window, 'reflect')
 
 
 def padded_size(n, window, published=False):

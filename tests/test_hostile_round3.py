@@ -13,15 +13,13 @@ import pytest
 import torch
 
 import demo
-import init_cmsr
 import models
-import test as test_script
 import train as train_script
 from models.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError, load_yaml
 from utils.untrusted import ContentError, check_tree, excerpt, json_depth
 
-from .test_hostile_inputs import checkpoint, refused, run_demo, run_init, run_test, run_train, world  # noqa: F401
+from .test_hostile_inputs import checkpoint, refused, run_demo, run_test, run_train, world  # noqa: F401,F811
 
 
 @pytest.fixture
@@ -202,3 +200,36 @@ def test_fifo_config_does_not_hang(world, capsys, tmp_path, deadline):
     refused(capsys, train_script.main, ['--config', fifo, '--save-root', tmp_path / 'runs', '--device', 'cpu'],
             'pipe.yaml', 'regular file', script='train.py')
     assert not (tmp_path / 'runs').exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 6: padding inputs smaller than the pad
+# ------------------------------------------------------------------------------------------------
+def test_mirror_pad_equals_the_library_pads_and_extends_them():
+    from models.layers.padding import mirror_pad
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
+    for ph, pw in [(0, 0), (1, 2), (4, 6)]:           # pads the library accepts (< size)
+        ref = torch.nn.functional.pad(x, (0, pw, 0, ph), mode='reflect')
+        assert torch.equal(mirror_pad(x, ph, pw, 'reflect'), ref)
+        sym = torch.cat([x, x.flip(2)], 2)[:, :, :5 + ph]
+        sym = torch.cat([sym, sym.flip(3)], 3)[..., :7 + pw]
+        assert torch.equal(mirror_pad(x, ph, pw, 'symmetric'), sym)
+    big = mirror_pad(x, 20, 30, 'reflect')            # larger than the input: periodic reflection
+    assert big.shape[-2:] == (25, 37)
+    assert torch.equal(big[..., 8, :7], x[..., 0, :]) and torch.equal(big[..., 4, :7], x[..., 4, :])
+    assert torch.equal(mirror_pad(x[..., :1, :1], 3, 3), x[..., :1, :1].expand(2, 3, 4, 4))
+
+
+def test_window_larger_than_the_image(world, tmp_path):
+    """--window 64 on a 16x20 image, and a SwinIR-window model on a 3x3 image: rendered, not a crash."""
+    out = tmp_path / 'o.png'
+    assert demo.main(['--input', str(world['img']), '--output', str(out), '--model', str(world['good']),
+                      '--scale', '2', '--window', '64', '--device', 'cpu', '--quiet']) == 0
+    from PIL import Image
+    assert Image.open(out).size == (40, 32)
+    tiny = models.make({'name': 'SwinIRMS', 'args': {'img_size': 16, 'window_size': 8, 'embed_dim': 12,
+                                                       'depths': [2], 'num_heads': [2], 'mlp_ratio': 2,
+                                                       'implicit_dim': 16, 'latent_layers': 2}}).eval()
+    with torch.no_grad():
+        y = tiny(torch.rand(1, 3, 3, 3), 2)
+    assert y.shape == (1, 3, 6, 6) and torch.isfinite(y).all()

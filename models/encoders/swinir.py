@@ -9,9 +9,9 @@ features are **not** cropped back (published behaviour, docs/deviations.md, B14)
 (``test.py --window 8``), which makes the padded size explicit.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..layers.padding import pad_to_multiple
 from ..layers import (DropPath, Mlp, PatchEmbedNorm, WindowAttention, map_to_tokens, shifted_window_mask,
                       tokens_to_map, window_partition, window_reverse)
 from ..registry import register
@@ -143,10 +143,7 @@ class SwinIR(SwinTrunk):
         self.apply(self._init_weights)
 
     def pad_to_window(self, x):
-        h, w = x.shape[-2:]
-        ph = (self.window_size - h % self.window_size) % self.window_size
-        pw = (self.window_size - w % self.window_size) % self.window_size
-        return F.pad(x, (0, pw, 0, ph), 'reflect') if ph or pw else x
+        return pad_to_multiple(x, self.window_size, 'reflect')
 
     def forward(self, x):
         return self.conv_before_upsample(self.trunk(self.pad_to_window(x)))

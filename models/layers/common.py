@@ -2,7 +2,6 @@
 HiT-SRF, MambaIR, ...): stochastic depth, the two-layer GELU MLP, token <-> map reshapes and the patch-embedding
 norm. Token tensors are (B, L, C) with L = h * w in row-major order; maps are (B, C, h, w).
 """
-import torch
 from torch import nn
 
 

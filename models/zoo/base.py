@@ -25,10 +25,10 @@ import copy
 import inspect
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..capabilities import Capabilities
+from ..layers.padding import pad_to_multiple
 from ..registry import register
 from ..upsamplers.igconv import IGConv, check_integer_scale
 from ..upsamplers.igsample import IGSample
@@ -207,17 +207,12 @@ def plain_forward(model, x, r):
 
 
 def window_pad_forward(model, x, r):
-    """``SwinIRMSModel.test``: reflect-pad bottom/right to a multiple of ``model.window``, run, crop to r (h, w)."""
+    """``SwinIRMSModel.test``: reflect-pad bottom/right to a multiple of ``model.window``, run, crop to r (h, w).
+    Inputs smaller than the pad are mirrored periodically (the published ``F.pad`` refuses them)."""
     h, w = x.shape[-2:]
-    ws = model.window
-    ph, pw = (-h) % ws, (-w) % ws
-    if ph or pw:
-        if ph >= h or pw >= w:
-            raise ValueError(f'{type(model).__name__}: input {h}x{w} is too small to reflect-pad to a multiple of '
-                             f'the window {ws}')
-        x = F.pad(x, (0, pw, 0, ph), mode='reflect')
-    out = model.run(x, r)[0]
-    return out[..., :r * h, :r * w] if (ph or pw) else out
+    padded = pad_to_multiple(x, model.window, 'reflect')     # also below the window size (published: fails)
+    out = model.run(padded, r)[0]
+    return out[..., :r * h, :r * w] if padded.shape[-2:] != (h, w) else out
 
 
 def tiled_forward(model, x, r):
