@@ -233,3 +233,39 @@ def test_window_larger_than_the_image(world, tmp_path):
     with torch.no_grad():
         y = tiny(torch.rand(1, 3, 3, 3), 2)
     assert y.shape == (1, 3, 6, 6) and torch.isfinite(y).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 10: a valid 16-bit PNG with an EXIF rotation
+# ------------------------------------------------------------------------------------------------
+def png16_with_orientation(path, arr, orientation):
+    """A 16-bit RGB PNG (our encoder) with an eXIf chunk carrying the orientation, before IDAT."""
+    import zlib
+    from PIL import Image
+    from utils.image import _png16
+    data = _png16(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    chunk = struct.pack('>I', len(payload)) + b'eXIf' + payload + \
+        struct.pack('>I', zlib.crc32(b'eXIf' + payload) & 0xFFFFFFFF)
+    cut = 8 + 25                      # signature + IHDR chunk
+    path.write_bytes(data[:cut] + chunk + data[cut:])
+    return path
+
+
+@pytest.mark.parametrize('orientation', [3, 6, 8])
+def test_16bit_png_with_exif_rotation(world, tmp_path, orientation):
+    import numpy as np
+    from PIL import Image
+    from utils.image import load_array, read_size
+    arr = np.random.default_rng(0).integers(0, 65536, (6, 9, 3), dtype=np.uint16)
+    path = png16_with_orientation(tmp_path / 'rot16.png', arr, orientation)
+    loaded, info = load_array(path)
+    expect = {3: arr[::-1, ::-1], 6: np.rot90(arr, -1), 8: np.rot90(arr, 1)}[orientation]
+    assert info.bit_depth == 16 and np.array_equal(loaded, expect)
+    assert read_size(path) == loaded.shape[:2]
+    out = tmp_path / 'out.png'
+    assert demo.main(['--input', str(path), '--output', str(out), '--model', str(world['good']), '--scale', '2',
+                      '--device', 'cpu', '--quiet']) == 0
+    assert Image.open(out).size == (2 * loaded.shape[1], 2 * loaded.shape[0])

@@ -194,6 +194,28 @@ def _read_png16(path, w, h, ctype):
     return arr, None
 
 
+#: EXIF orientation -> the numpy transform of an (H, W[, C]) array that ``ImageOps.exif_transpose`` applies.
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(im):
+    """The EXIF orientation tag (1..8) of an open PIL image, 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:   # noqa: BLE001  a broken EXIF block: the pixels are still used, unrotated
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def orient(arr, orientation):
+    """Apply an EXIF orientation to an (H, W[, C]) array (the same result as ``ImageOps.exif_transpose``)."""
+    return np.ascontiguousarray(_ORIENT[orientation](arr)) if orientation in _ORIENT else arr
+
+
 def read_size(path):
     """(rows, cols) of an image file from its header, EXIF orientation applied, without decoding the pixels
     (so that sizes can be checked before a large image is loaded). Raises ImageError."""
@@ -205,11 +227,8 @@ def read_size(path):
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
-                try:
-                    if im.getexif().get(0x0112) in (5, 6, 7, 8):    # rotated by 90 degrees
-                        w, h = h, w
-                except Exception:   # a broken EXIF block: load_array ignores it too
-                    pass
+                if exif_orientation(im) in (5, 6, 7, 8):    # rotated by 90 degrees
+                    w, h = h, w
     except UnidentifiedImageError:
         raise ImageError(f'{path}: not a recognised image (corrupt file or unsupported format)') from None
     except Image.DecompressionBombError as e:
@@ -236,6 +255,10 @@ def load_array(path):
     png16 = _png16_header(path)
     if png16 is not None:        # 16-bit colour PNG: PIL would give 8 bits
         arr, alpha = _read_png16(path, *png16)
+        with Image.open(path) as im:       # the header only: the eXIf chunk's orientation, as for 8 bits
+            orientation = exif_orientation(im)
+        arr = orient(arr, orientation)
+        alpha = None if alpha is None else orient(alpha, orientation)
         alpha_t = None if alpha is None else array_to_tensor(alpha)[:1]
         return arr, ImageInfo(mode='RGBA' if alpha is not None else 'RGB', bit_depth=16,
                               has_alpha=alpha is not None, alpha=alpha_t)
