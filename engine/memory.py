@@ -22,6 +22,8 @@ the peak to the byte. ``check(...)`` compares the total with the free memory of 
 import dataclasses
 import os
 
+from utils.resources import available_memory  # noqa: F401  (re-exported: engine.memory.available_memory)
+
 SAFETY = 1.5
 GIB = 1 << 30
 
@@ -44,31 +46,6 @@ class Estimate:
 
 def gib(n):
     return f'{n / GIB:.3g} GiB'
-
-
-def available_memory(device='cpu'):
-    """Bytes that can still be allocated on ``device`` (None when unknown)."""
-    dev = str(device)
-    if dev.startswith('cuda'):
-        import torch
-        try:
-            free, _ = torch.cuda.mem_get_info(torch.device(dev))
-            return int(free)
-        except (RuntimeError, AssertionError, ValueError):
-            return None
-    if dev.startswith('mps'):
-        dev = 'cpu'       # unified memory
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _layers(model):

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import datasets
 import models
+from models.budget import ModelSizeError, check_spec_size
 from models.checkpoint import load_checkpoint
 from utils.config import ConfigError, require
 from utils.io import atomic_write
@@ -347,6 +348,11 @@ def build_run(cfg, save_dir, dd, options):
     opt_spec = require(cfg, 'optimizer')
     model_cfg = require(cfg, 'model')
     seed_all(derive_seed(options.seed, 0xC0FFEE))
+    copies = 4 + (1 if settings.ema_decay else 0)      # weights, gradients, Adam's two moments (+ EMA)
+    try:
+        check_spec_size(model_cfg, 'model', copies=copies, device=dd.device)
+    except ModelSizeError as e:
+        raise ConfigError(str(e)) from None
     model = models.make(model_cfg).to(dd.device)
     try:
         unit = model.capabilities.input_range == 'unit'

@@ -19,6 +19,7 @@ import torch
 from utils.io import atomic_write
 from utils.untrusted import ContentError, check_tree, excerpt
 
+from .budget import ModelSizeError, check_spec_size
 from .registry import ModelSpecError, make
 
 
@@ -208,6 +209,10 @@ def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options
     _check_spec(spec, where)
     spec['sd'] = strip_prefix(spec['sd'])
     check_finite(spec['sd'], where)
+    try:
+        check_spec_size(spec, where, holds=sum(v.numel() for v in spec['sd'].values()) if strict else None)
+    except ModelSizeError as e:
+        raise CheckpointError(str(e)) from None
     try:
         model = make(spec, load_sd=True, strict=strict)
     except ModelSpecError as e:

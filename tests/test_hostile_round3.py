@@ -269,3 +269,39 @@ def test_16bit_png_with_exif_rotation(world, tmp_path, orientation):
     assert demo.main(['--input', str(path), '--output', str(out), '--model', str(world['good']), '--scale', '2',
                       '--device', 'cpu', '--quiet']) == 0
     assert Image.open(out).size == (2 * loaded.shape[1], 2 * loaded.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# causes 3 and 5: absurd model sizes in configs and checkpoints are refused before allocating
+# ------------------------------------------------------------------------------------------------
+def test_checkpoint_declaring_a_huge_model_is_refused_before_building(world, capsys):
+    import resource
+    args = dict(world['spec']['args'])
+    args['encoder_spec'] = {'name': 'edsr-baseline', 'args': {'n_feats': 2048, 'n_resblocks': 2000,
+                                                               'no_upsampling': True}}
+    bad = checkpoint(world, 'huge.pth', args=args)
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run_demo(world, capsys, ['--scale', '2', '--model', bad], 'huge.pth', 'weight elements')
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        assert grown_mb < 500, f'peak memory grew by {grown_mb:.0f} MB'
+    finally:
+        bad.unlink()
+
+
+def test_training_config_with_60000_features_is_refused(world, capsys, tmp_path):
+    import yaml
+    cfg = yaml.safe_load(world['train_cfg'].read_text())
+    cfg['model']['args']['encoder_spec'] = {'name': 'edsr-baseline',
+                                            'args': {'n_feats': 60000, 'no_upsampling': True}}
+    path = tmp_path / 'wide.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    run_train(world, capsys, path, [], 'GiB', 'free memory', tmp_path=tmp_path)
+
+
+def test_size_check_is_exact_and_cheap_for_ordinary_models():
+    from models.budget import check_spec_size, crude_element_bound, tensor_count
+    spec = {'name': 'edsr-baseline', 'args': {'n_resblocks': 16, 'n_feats': 64, 'no_upsampling': True}}
+    assert tensor_count(spec) == sum(p.numel() for p in models.make(spec).parameters())
+    assert crude_element_bound(spec['args']) >= tensor_count(spec)
+    assert check_spec_size(spec, 'x') is None              # far below the memory: no meta build at all
