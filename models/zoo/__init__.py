@@ -12,11 +12,15 @@ name             encoder (feature F fed to the upsampler)                       
 ``RDNIGPlus``    RDN config B (G0 64, 16 RDB x 8 convs, growth 64), IGConv+           ``UPNet``       64
 ``RCANIGPlus``   RCAN 10 groups x 20 RCAB, 64 ch, reduction 16, IGConv+               ``tail``        64
 ``SwinIRMS``     SwinIR classical (embed 180, 6 x 6 RSTB), F = conv_after_body + x   ``upsample``    180
+``HAT``          HAT (180, 6 x 6 RHAG, window 16, OCAB overlap 0.5), IGConv+         ``upsample``    180
+``SRFormer``     SRFormer (180, 6 x 6 PSA groups, window 22), IGConv or IGConv+      ``upsample``    180
+``ATD``          ATD (210, 6 x 6, window 16, 128-token dictionaries), IGConv+        ``upsample``    210
 ===============  ==================================================================  ==============  =====
 
-Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``.
+Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``, ``hat``,
+``srformer``, ``atd``.
 
 Conventions, registration and the test-time forward: :mod:`.base`.
 """
-from . import base, edsr, rdn, rcan, swinir  # noqa: F401  (populate the registry)
+from . import base, edsr, rdn, rcan, swinir, hat, srformer, atd  # noqa: F401  (populate the registry)
 from .base import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS, PublishedIGConvSR, published_arch  # noqa: F401
