@@ -1,8 +1,8 @@
 """Layers shared by the transformer encoders and the published architectures (SwinIR, HAT, SRFormer, ATD,
 HiT-SRF, MambaIR, ...): stochastic depth, the two-layer GELU MLP and its convolutional variant (ConvFFN),
-token <-> map reshapes and the patch-embedding norm. Token tensors are (B, L, C) with L = h * w in row-major order; maps are (B, C, h, w).
+token <-> map reshapes and the patch-embedding norm. Token tensors are (B, L, C) with L = h * w in row-major
+order; maps are (B, C, h, w).
 """
-import torch
 from torch import nn
 
 

@@ -18,14 +18,15 @@ and crops the output.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import (ConvFFN, relative_position_bias, relative_position_index, shifted_window_mask, split_heads,
+from ..layers import (ConvFFN, relative_position_bias, relative_position_index, shifted_window_mask,
                       window_attention, window_partition, window_reverse)
 from ..layers.trunk import TokenTrunk, init_transformer_weights
 from .base import DIV2K_MEAN, _check_return_skip, _MeanShifted, published_arch
-from .swinir import check_fixed_options, check_upsampler
+from .swinir import check_fixed_options, check_upsampler, check_window_multiple
 
 PUBLISHED_OPTIONS_ATD = {'upscale': 2, 'in_chans': 3, 'img_size': 96, 'embed_dim': 210, 'depths': [6] * 6,
                          'num_heads': [6] * 6, 'window_size': 16, 'category_size': 256, 'num_tokens': 128,
@@ -67,8 +68,8 @@ class TokenDictionaryAttention(nn.Module):
         self.scale = nn.Parameter(torch.full((num_tokens,), 0.5))
 
     def forward(self, x, td):
-        q = nn.functional.normalize(self.wq(x), dim=-1)
-        k = nn.functional.normalize(self.wk(td), dim=-1)
+        q = F.normalize(self.wq(x), dim=-1)
+        k = F.normalize(self.wk(td), dim=-1)
         attn = q @ k.transpose(-2, -1)
         attn = (attn * (1 + self.scale.clamp(0, 1) * math.log(self.num_tokens))).softmax(dim=-1)
         return attn @ self.wv(td), attn
@@ -206,7 +207,7 @@ class ATD(_MeanShifted, TokenTrunk):
 
     def encode(self, x):
         """Mean-shifted (B, 3, h, w), h and w multiples of ``window_size`` -> F (B, embed_dim, h, w)."""
-        H, W = x.shape[-2:]
+        H, W = check_window_multiple('ATD', x, self.window_size)
         mask = shifted_window_mask(H, W, self.window_size, self.window_size // 2, device=x.device)
         return self.trunk(x, self.relative_position_index_SA, mask)
 

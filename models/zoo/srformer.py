@@ -16,7 +16,7 @@ from ..layers import (ConvFFN, DropPath, region_mask, relative_position_bias, re
                       shifted_window_labels, split_heads, window_attention, window_partition, window_reverse)
 from ..layers.trunk import TokenTrunk, init_transformer_weights, stochastic_depth_rates
 from .base import DIV2K_MEAN, _check_return_skip, _MeanShifted, published_arch
-from .swinir import check_fixed_options, check_upsampler
+from .swinir import check_fixed_options, check_upsampler, check_window_multiple
 
 PUBLISHED_OPTIONS_SRFORMER = {'upscale': 4, 'in_chans': 3, 'img_size': 64, 'window_size': 22, 'img_range': 1.0,
                               'depths': [6] * 6, 'embed_dim': 180, 'num_heads': [6] * 6, 'mlp_ratio': 2,
@@ -149,6 +149,7 @@ class SRFormer(_MeanShifted, TokenTrunk):
 
     def encode(self, x):
         """Mean-shifted (B, 3, h, w), h and w multiples of ``window_size`` -> F (B, embed_dim, h, w)."""
+        check_window_multiple('SRFormer', x, self.window_size)
         return self.trunk(x)
 
     def run(self, inp, r):
