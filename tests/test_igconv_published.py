@@ -329,7 +329,7 @@ def test_load_basicsr_errors(tmp_path):
     with pytest.raises(CheckpointError, match='do not fit EDSRIGPlus'):
         models.load_model(path, arch='EDSRIGPlus', args=TINY['EDSRIGPlus'])   # no IGSample weights in the file
     with pytest.raises(CheckpointError, match='unknown IGConv architecture'):
-        models.load_model(path, arch='SRFormer')
+        models.load_model(path, arch='NoSuchArch')
     with pytest.raises(CheckpointError, match='disagrees'):
         models.load_model(path, arch='RDNIGPlus', options=write_options(tmp_path / 'o.yml', 'EDSRIG', TINY['EDSRIG']))
     bad_opt = tmp_path / 'bad.yml'
@@ -354,7 +354,7 @@ def test_convert_script_round_trip(tmp_path):
     model = tiny('RCANIGPlus')
     src, dst = tmp_path / 'rcan.pth', tmp_path / 'ours.pth'
     torch.save({'params': model.state_dict()}, src)
-    assert convert_basicsr.main([str(src), str(dst), '--arch', 'SRFormer']) == 1        # not implemented here
+    assert convert_basicsr.main([str(src), str(dst), '--arch', 'NoSuchArch']) == 1      # unknown architecture
     opt = write_options(tmp_path / 'o.yml', 'RCANIGPlus', TINY['RCANIGPlus'])
     assert convert_basicsr.main([str(src), str(dst), '--options', str(opt)]) == 0
     again = models.load_model(dst)
@@ -372,19 +372,45 @@ def option_files():
     return sorted(str(p.relative_to(OPTIONS)) for p in OPTIONS.rglob('*.yaml'))
 
 
+def golden_records():
+    """(option file path relative to options/, record) for every igconv_full_* golden case."""
+    out = []
+    for path in sorted((SHARED / 'golden').glob('igconv_full_*.pt')):
+        case = torch.load(path, weights_only=True)
+        out.append(case)
+    return out
+
+
+def expected_params(rel, net):
+    """The published parameter count for an option file: the golden record made from that file (test or
+    training option), else the record of the same architecture and arguments up to ``img_size`` (which only
+    sizes attention-mask buffers)."""
+    records = golden_records()
+    for case in records:
+        if f'options/{rel}' in (case.get('option_file'), case.get('training_option_file')):
+            return case['n_params']
+    strip = lambda opt: {k: v for k, v in opt.items() if k not in ('img_size', 'use_checkpoint')}    # noqa: E731
+    for case in records:
+        if strip(case['opt']) == strip({'type': net['type'], **net}):
+            return case['n_params']
+    raise AssertionError(f'{rel}: no golden record describes this network_g')
+
+
 @pytest.mark.parametrize('rel', option_files() or ['(none)'])
 def test_published_option_files_build(rel):
+    """Every published option file (test and training) builds its network with the published parameter
+    count; none is left out."""
     root = need(OPTIONS, 'published IGConv option files')
+    need(SHARED / 'golden', 'golden reference outputs')
     if rel == '(none)':
         pytest.skip(f'no option files under {root}')
     with open(root / rel) as f:
         net = dict(yaml.safe_load(f)['network_g'])
     arch = net.pop('type')
-    if arch not in PUBLISHED_ARCHS:
-        pytest.skip(f'{rel}: network_g type {arch} ({net.get("upsampler", "")}) is not implemented here '
-                    f'(implemented: {", ".join(ARCHS)})')
+    assert arch in PUBLISHED_ARCHS, f'{rel}: network_g type {arch} is not registered'
+    expected = expected_params(rel, {'type': arch, **net})
     model = built(arch, net)
-    assert sum(p.numel() for p in model.parameters()) == N_PARAMS[arch]
+    assert sum(p.numel() for p in model.parameters()) == expected
     assert model.capabilities.max_train_scale == (8 if net.get('max_s') == 8 else 4)
 
 

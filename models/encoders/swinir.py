@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..layers.padding import pad_to_multiple
-from ..layers import (DropPath, Mlp, PatchEmbedNorm, WindowAttention, map_to_tokens, shifted_window_mask,
-                      tokens_to_map, window_partition, window_reverse)
+from ..layers import DropPath, Mlp, WindowAttention, shifted_window_mask, window_partition, window_reverse
+from ..layers.trunk import TokenTrunk, init_transformer_weights, stochastic_depth_rates
 from ..registry import register
 
 
@@ -67,23 +67,11 @@ class BasicLayer(nn.Module):
         return x
 
 
-class RSTB(nn.Module):
-    """Residual Swin Transformer block: Swin blocks, a 3x3 conv, and a residual connection."""
-
-    def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio, drop_path_ps):
-        super().__init__()
-        self.residual_group = BasicLayer(dim, input_resolution, depth, num_heads, window_size, mlp_ratio,
-                                         drop_path_ps)
-        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
-
-    def forward(self, x, x_size):
-        return map_to_tokens(self.conv(tokens_to_map(self.residual_group(x, x_size), x_size))) + x
-
-
-class SwinTrunk(nn.Module):
-    """SwinIR's shallow conv and deep-feature body, built on the module itself under the published state-dict
-    names ``conv_first``, ``patch_embed``, ``layers``, ``norm``, ``conv_after_body`` (shared by ``SwinIR``
-    and the published ``SwinIRMS``).
+class SwinTrunk(TokenTrunk):
+    """SwinIR's shallow conv and deep-feature body (:class:`models.layers.trunk.TokenTrunk` with residual Swin
+    transformer blocks, RSTB = Swin blocks + 3x3 conv + residual), under the published state-dict names
+    ``conv_first``, ``patch_embed``, ``layers``, ``norm``, ``conv_after_body`` (shared by ``SwinIR`` and the
+    published ``SwinIRMS``).
 
     ``build_trunk(...)`` (call it in ``__init__``) creates the layers: RSTB i has ``depths[i]`` Swin blocks
     with ``num_heads[i]`` heads; stochastic depth rises linearly from 0 to ``drop_path_rate`` over all
@@ -93,39 +81,14 @@ class SwinTrunk(nn.Module):
     (``self.apply`` it once every layer it should reach exists).
     """
 
+    _init_weights = staticmethod(init_transformer_weights)
+
     def build_trunk(self, img_size, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, drop_path_rate):
-        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
-        self.patch_embed = PatchEmbedNorm(embed_dim)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu')]
         res = (img_size, img_size)
-        self.layers = nn.ModuleList()
-        for i, depth in enumerate(depths):
-            start = sum(depths[:i])
-            self.layers.append(RSTB(embed_dim, res, depth, num_heads[i], window_size, mlp_ratio,
-                                    dpr[start:start + depth]))
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
-    def forward_features(self, x):
-        x_size = x.shape[-2:]
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x, x_size)
-        return tokens_to_map(self.norm(x), x_size)
-
-    def trunk(self, x):
-        x = self.conv_first(x)
-        return self.conv_after_body(self.forward_features(x)) + x
+        rates = stochastic_depth_rates(drop_path_rate, depths)
+        self.build_token_trunk(in_chans, embed_dim, (
+            BasicLayer(embed_dim, res, depth, num_heads[i], window_size, mlp_ratio, rates[i])
+            for i, depth in enumerate(depths)))
 
 
 class SwinIR(SwinTrunk):

@@ -1,6 +1,7 @@
 """Layers shared by the transformer encoders and the published architectures (SwinIR, HAT, SRFormer, ATD,
-HiT-SRF, MambaIR, ...): stochastic depth, the two-layer GELU MLP, token <-> map reshapes and the patch-embedding
-norm. Token tensors are (B, L, C) with L = h * w in row-major order; maps are (B, C, h, w).
+HiT-SRF, MambaIR, ...): stochastic depth, the two-layer GELU MLP and its convolutional variant (ConvFFN),
+token <-> map reshapes and the patch-embedding norm. Token tensors are (B, L, C) with L = h * w in row-major
+order; maps are (B, C, h, w).
 """
 from torch import nn
 
@@ -32,6 +33,33 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+class DepthwiseConvGELU(nn.Module):
+    """A k x k depthwise conv and GELU applied to tokens through their map (state-dict name ``depthwise_conv.0``)."""
+
+    def __init__(self, dim, kernel_size):
+        super().__init__()
+        self.depthwise_conv = nn.Sequential(nn.Conv2d(dim, dim, kernel_size, 1, (kernel_size - 1) // 2, groups=dim),
+                                            nn.GELU())
+
+    def forward(self, x, x_size):
+        return map_to_tokens(self.depthwise_conv(tokens_to_map(x, x_size)))
+
+
+class ConvFFN(nn.Module):
+    """SRFormer's / ATD's feed-forward: ``fc2(h + dwconv(h))`` with ``h = GELU(fc1(x))`` (tokens (B, L, C))."""
+
+    def __init__(self, dim, hidden, kernel_size=5):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.dwconv = DepthwiseConvGELU(hidden, kernel_size)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, x_size):
+        x = self.act(self.fc1(x))
+        return self.fc2(x + self.dwconv(x, x_size))
 
 
 def tokens_to_map(x, x_size):

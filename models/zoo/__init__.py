@@ -15,12 +15,15 @@ name             encoder (feature F fed to the upsampler)                       
 ``SMFANetIG``    SMFANet (48 ch x 12 FMB), F = feats + to_feat; IGConv, no skip      ``to_img``      48
 SMFANetIGPlus    the same, IGConv+ (FGRep + IGSample ``skip``)                       ``to_img``      48
 ``PLKSRIGPlus``  PLKSR (64 ch x 28 PLK blocks, kernel 17, DCCM, EA), F = feats(x)    ``to_rgb``      64
+``HAT``          HAT (180, 6 x 6 RHAG, window 16, OCAB overlap 0.5), IGConv+         ``upsample``    180
+``SRFormer``     SRFormer (180, 6 x 6 PSA groups, window 22), IGConv or IGConv+      ``upsample``    180
+``ATD``          ATD (210, 6 x 6, window 16, 128-token dictionaries), IGConv+        ``upsample``    210
 ===============  ==================================================================  ==============  =====
 
 Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``, ``smfanet-ig``,
-``smfanet-ig-plus``, ``plksr-ig-plus``.
+``smfanet-ig-plus``, ``plksr-ig-plus``, ``hat``, ``srformer``, ``atd``.
 
 Conventions, registration and the test-time forward: :mod:`.base`.
 """
-from . import base, edsr, rdn, rcan, swinir, smfanet, plksr  # noqa: F401  (populate the registry)
+from . import base, edsr, rdn, rcan, swinir, smfanet, plksr, hat, srformer, atd  # noqa: F401  (populate the registry)
 from .base import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS, PublishedIGConvSR, published_arch  # noqa: F401
