@@ -12,11 +12,17 @@ name             encoder (feature F fed to the upsampler)                       
 ``RDNIGPlus``    RDN config B (G0 64, 16 RDB x 8 convs, growth 64), IGConv+           ``UPNet``       64
 ``RCANIGPlus``   RCAN 10 groups x 20 RCAB, 64 ch, reduction 16, IGConv+               ``tail``        64
 ``SwinIRMS``     SwinIR classical (embed 180, 6 x 6 RSTB), F = conv_after_body + x   ``upsample``    180
+``HiT_SRF``      HiT-SRF (embed 60, 4 x 6, windows 4-64, SCC), tiled test forward    ``upsample``    60
+``MambaIR``      MambaIR (embed 180, 6 x 6 VSS; Light: 60, 4 x 6, mlp 1.5), tiles    ``upsample``    180/60
 ===============  ==================================================================  ==============  =====
 
 Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``.
 
+``HiT_SRF`` (alias ``hit-srf``) and ``MambaIR`` (alias ``mambair``) share one type between IGConv and IGConv+ (and
+MambaIR-Light): a bare name builds the IGConv+ option file; every published option file's ``network_g`` is in
+``hit_srf.PUBLISHED_OPTION_FILES`` / ``mambair.PUBLISHED_OPTION_FILES``.
+
 Conventions, registration and the test-time forward: :mod:`.base`.
 """
-from . import base, edsr, rdn, rcan, swinir  # noqa: F401  (populate the registry)
+from . import base, edsr, rdn, rcan, swinir, hit_srf, mambair  # noqa: F401  (populate the registry)
 from .base import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS, PublishedIGConvSR, published_arch  # noqa: F401
