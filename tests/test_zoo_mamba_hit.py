@@ -89,6 +89,22 @@ def test_published_option_files_are_declared(arch):
         assert net.pop('type') == arch and net in declared, f.name
 
 
+def test_basicsr_checkpoint_loads_by_option_file_and_name():
+    """A BasicSR checkpoint ({'params': sd}) of HiT_SRF-IGConv loads through its published test option file
+    (and the IGConv+ one by the bare name) and reproduces the published x2 output."""
+    case, filled = golden_model('HiT_SRF_IGConv')
+    option = SHARED / 'published' / 'igconv-options' / case['option_file'].removeprefix('options/')
+    if not option.exists():
+        pytest.skip(f'published option file not found: {option}')
+    assert set(case['checkpoint']) == {'params'}
+    model = models.load_model({'params': filled.state_dict()}, options=option)
+    assert model.upsampler_name == 'igconv' and model.skip is None and not model.training
+    with torch.no_grad():
+        assert (model(case['inp'], 2) - case['outs'][2]).abs().max().item() <= TOL
+    _, plus = golden_model('HiT_SRF_IGConvPlus')
+    assert models.load_model({'params': plus.state_dict()}, arch='hit-srf').skip is not None
+
+
 # ---------------------------------------------------------------- golden outputs
 
 def igsample_halves(model, feat, s):

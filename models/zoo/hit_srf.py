@@ -238,7 +238,8 @@ class HiT_SRF(_MeanShifted, SwinTrunk):
     saturates at ``max_s`` = 4. ``expansion_factor`` is ignored by the published model (the FFN width is
     ``mlp_ratio``); only its published value 2 is accepted. Only the published settings of the other
     options are supported (patch_size 1, patch norm, no absolute position embedding, no dropout,
-    ``resi_connection`` '1conv', no checkpointing).
+    ``resi_connection`` '1conv', no checkpointing); ``img_size`` and ``upscale`` are accepted and unused, as
+    published with the IGConv upsamplers.
     """
 
     TEST_FORWARD = 'tiles'

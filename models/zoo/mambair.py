@@ -159,7 +159,8 @@ class MambaIR(_MeanShifted, SwinTrunk):
     (published default True). As published, ``max_s`` (the IGConv scale-phase saturation) reaches the
     upsamplers only with ``'igconv+igsample'``: with ``'igconv'`` only the default 4 is accepted. Only the
     published settings of the other options are supported (patch_size 1, patch norm, no dropout,
-    ``resi_connection`` '1conv', no checkpointing).
+    ``resi_connection`` '1conv', no checkpointing); ``img_size`` and ``upscale`` are accepted and unused, as
+    published with the IGConv upsamplers.
     """
 
     TEST_FORWARD = 'tiles'
