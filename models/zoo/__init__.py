@@ -18,12 +18,18 @@ SMFANetIGPlus    the same, IGConv+ (FGRep + IGSample ``skip``)                  
 ``HAT``          HAT (180, 6 x 6 RHAG, window 16, OCAB overlap 0.5), IGConv+         ``upsample``    180
 ``SRFormer``     SRFormer (180, 6 x 6 PSA groups, window 22), IGConv or IGConv+      ``upsample``    180
 ``ATD``          ATD (210, 6 x 6, window 16, 128-token dictionaries), IGConv+        ``upsample``    210
+``HiT_SRF``      HiT-SRF (embed 60, 4 x 6, windows 4-64, SCC), tiled test forward    ``upsample``    60
+``MambaIR``      MambaIR (embed 180, 6 x 6 VSS; Light: 60, 4 x 6, mlp 1.5), tiles    ``upsample``    180/60
 ===============  ==================================================================  ==============  =====
 
 Lower-case aliases: ``edsr-ig``, ``edsr-ig-plus``, ``rdn-ig-plus``, ``rcan-ig-plus``, ``swinir-ms``, ``smfanet-ig``,
-``smfanet-ig-plus``, ``plksr-ig-plus``, ``hat``, ``srformer``, ``atd``.
+``smfanet-ig-plus``, ``plksr-ig-plus``, ``hat``, ``srformer``, ``atd``, ``hit-srf``, ``mambair``.
+
+``HiT_SRF`` (alias ``hit-srf``) and ``MambaIR`` (alias ``mambair``) share one type between IGConv and IGConv+ (and
+MambaIR-Light): a bare name builds the IGConv+ option file; every published option file's ``network_g`` is in
+``hit_srf.PUBLISHED_OPTION_FILES`` / ``mambair.PUBLISHED_OPTION_FILES``.
 
 Conventions, registration and the test-time forward: :mod:`.base`.
 """
-from . import base, edsr, rdn, rcan, swinir, smfanet, plksr, hat, srformer, atd  # noqa: F401  (populate the registry)
+from . import base, edsr, rdn, rcan, swinir, smfanet, plksr, hat, srformer, atd, hit_srf, mambair  # noqa: F401,E501
 from .base import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS, PublishedIGConvSR, published_arch  # noqa: F401
