@@ -10,8 +10,8 @@ The keys are read from ``meta_info.txt`` as BasicSR does (the text before the fi
 file order. Values are decoded with PIL and returned as float32 RGB (3, H, W) in [0, 1] (an 8-bit sample k
 becomes k / 255, as ``utils.image``; gray images are repeated over three channels).
 
-The environment is opened on first access in each process (read-only, no lock, no read-ahead, as
-BasicSR's ``LmdbBackend``), so the dataset can be sent to DataLoader workers. Without the ``lmdb``
+The environment is opened on first access in each process, once per folder (read-only, no lock, no
+read-ahead, as BasicSR's ``LmdbBackend``), so the dataset can be sent to DataLoader workers. Without the ``lmdb``
 package, constructing one raises ``DatasetError`` naming the folder and the package to install.
 """
 import io
@@ -51,6 +51,18 @@ def lmdb_keys(root):
     return keys
 
 
+#: (process id, folder) -> open environment: lmdb refuses to open a folder twice in one process, and a
+#: forked DataLoader worker must not use its parent's handle.
+_ENVS = {}
+
+
+def _environment(root):
+    key = (os.getpid(), os.path.realpath(root))
+    if key not in _ENVS:
+        _ENVS[key] = _lmdb_module(root).open(root, readonly=True, lock=False, readahead=False)
+    return _ENVS[key]
+
+
 class LmdbImages(Dataset):
     """The images of a BasicSR lmdb folder: item i is the image of ``keys[i % len(keys)]``.
 
@@ -60,12 +72,11 @@ class LmdbImages(Dataset):
     """
 
     def __init__(self, root, keys=None):
-        self.lmdb = _lmdb_module(root)
+        _lmdb_module(root)
         self.root = os.path.normpath(os.fspath(root))
         if not os.path.isfile(os.path.join(self.root, 'data.mdb')):
             raise DatasetError(f'{self.root}: not an lmdb environment (no data.mdb)')
         self.keys = list(keys) if keys is not None else lmdb_keys(self.root)
-        self._env = None
 
     def __len__(self):
         return len(self.keys)
@@ -73,25 +84,14 @@ class LmdbImages(Dataset):
     def path(self, idx):
         return f'{self.root}[{self.keys[idx % len(self.keys)]}]'
 
-    def __getstate__(self):
-        state = dict(self.__dict__, _env=None)
-        state.pop('lmdb')
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.lmdb = _lmdb_module(self.root)
-
     def __getitem__(self, idx):
-        if self._env is None:
-            self._env = self.lmdb.open(self.root, readonly=True, lock=False, readahead=False)
         key = self.keys[idx % len(self.keys)]
-        with self._env.begin(write=False) as txn:
+        with _environment(self.root).begin(write=False) as txn:
             data = txn.get(key.encode('ascii'))
         if data is None:
             raise DatasetError(f'{self.root}: key {key!r} (listed in {META_INFO}) is not in the database')
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return array_to_tensor(np.asarray(im.convert('RGB')))
+                return array_to_tensor(np.array(im.convert('RGB')))
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DatasetError(f'{self.path(idx)}: cannot decode the stored image ({e})') from None

@@ -339,6 +339,49 @@ def test_auto_resume_takes_the_latest_state(tmp_path):
     assert resume_path(opts, auto=True) == str(states / '10.state')
 
 
+def test_lmdb_folders_read_as_the_image_folders(tmp_path):
+    """BasicSR lmdb folders (the optional lmdb package) give the same items as the image folders they hold."""
+    pytest.importorskip('lmdb', reason='the optional lmdb package is not installed')
+    import datasets
+    images = make_images(tmp_path / 'hr', n=3)
+    lmdb_root = make_lmdb(images, tmp_path / 'hr.lmdb')
+    lr = make_images(tmp_path / 'lr', n=3, size=36)
+    lr_lmdb = make_lmdb(lr, tmp_path / 'lr.lmdb')
+
+    def build(kind, **args):
+        return datasets.make({'name': kind, 'args': args})
+    for disk, lm in (
+            (build('RandomScaleDownsampleImageDataset', dataroot_gt=str(images), io_backend={'type': 'disk'},
+                   random_scales=[2, 3], lq_size=8, use_hflip=True, use_rot=True, seed=5),
+             build('RandomScaleDownsampleImageDataset', dataroot_gt=str(lmdb_root), io_backend={'type': 'lmdb'},
+                   random_scales=[2, 3], lq_size=8, use_hflip=True, use_rot=True, seed=5)),
+            (build('FixedScaleDownsampleImageDataset', dataroot_gt=str(images), ds_scale=3,
+                   io_backend={'type': 'disk'}),
+             build('FixedScaleDownsampleImageDataset', dataroot_gt=str(lmdb_root), ds_scale=3,
+                   io_backend={'type': 'lmdb'})),
+            (build('FixedScalePairedImageDataset', dataroot_gt=str(images), dataroot_lq=str(lr), ds_scale=2,
+                   io_backend={'type': 'disk'}),
+             build('FixedScalePairedImageDataset', dataroot_gt=str(lmdb_root), dataroot_lq=str(lr_lmdb),
+                   ds_scale=2, io_backend={'type': 'lmdb'}))):
+        for index in ((4, 3), (1, 2)) if isinstance(disk, datasets.paired.RandomScaleDownsampleImageDataset) \
+                else (0, 2):
+            a, b = disk[index], lm[index]
+            assert torch.equal(a['inp'], b['inp']) and torch.equal(a['gt'], b['gt'])
+
+
+def test_force_yml_and_debug(tmp_path):
+    """BasicSR's --force_yml a:b=value (existing keys only) and --debug (debug_<name>, frequent logs)."""
+    from engine.basicsr.options import OptionError, read_options
+    path = str(write(edit_train(published('train/EDSR/EDSRIG_DIV2K.yaml'), tmp_path), tmp_path / 'o.yml'))
+    opts = read_options(path, 'train', force=['train:ema_decay=0.99', 'logger:print_freq=7'])
+    assert opts.train.ema_decay == 0.99 and opts.logger.print_freq == 7
+    with pytest.raises(OptionError, match='train:ema_dcay is not in the option file'):
+        read_options(path, 'train', force=['train:ema_dcay=0.99'])
+    opts = read_options(path, 'train', debug=True)
+    assert opts.name == 'debug_EDSRIG_DIV2K' and opts.val.freq == 8 and opts.logger.save_checkpoint_freq == 8
+    assert opts.tb_folder is None and opts.folder.endswith('debug_EDSRIG_DIV2K')
+
+
 REFUSED = [
     ('test', lambda o: o.update(foo=1), 'option foo is not supported'),
     ('test', lambda o: o.update(use_amp=True), 'option use_amp is not supported: mixed precision'),

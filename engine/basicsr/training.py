@@ -159,7 +159,7 @@ def build(opts, args, dd, log):
     sampler = ScaleBatchSampler(len(dataset) * loader['dataset_enlarge_ratio'], loader['batch_size_per_gpu'],
                                 scales=dataset.scales, seed=opts.seed, shuffle=loader['use_shuffle'],
                                 drop_last=True, rank=dd.rank, world_size=dd.world)
-    val_loaders = eval_loaders(opts) if opts.val else []
+    val_loaders = eval_loaders(opts)         # built (and checked) even without a val section, as BasicSR
     model = build_network(opts)
     if state is None and opts.pretrain:
         load_weights(model, opts.pretrain, opts.param_key, opts.strict_load, log)
