@@ -15,6 +15,11 @@ config. Config forms (the published LIIF / LTE / LMF keys keep working):
   batches weighted by batch size. ``higher_is_better`` (an attribute the decorator sets) picks the best
   checkpoint.
 
+BasicSR option files (``engine.basicsr``) name their components by BasicSR's class names, registered
+here as aliases (``Adam``, ``AdamW``, ``SGD``, ``RMSprop``; ``MultiStepLR``; ``L1Loss``, ``MSELoss``,
+``FFTLoss``) or entries of their own (``CosineAnnealingRestartLR``); there a scheduler steps once per
+iteration.
+
 Example, a new loss used as ``loss: {charbonnier: 1.0}``::
 
     from engine.components import LOSSES

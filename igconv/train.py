@@ -1,7 +1,8 @@
-"""Train from a BasicSR option file, as the IGConv repository's command (engine/basicsr):
+r"""Train from a BasicSR option file, as the IGConv repository's command (engine/basicsr):
 
     python igconv/train.py -opt X.yml
-    python -m torch.distributed.launch --nproc_per_node=4 --master_port=25000 igconv/train.py -opt X.yml --launcher pytorch
+    python -m torch.distributed.launch --nproc_per_node=4 --master_port=25000 igconv/train.py -opt X.yml \
+        --launcher pytorch
 """
 import os
 import sys

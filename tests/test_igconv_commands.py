@@ -127,11 +127,8 @@ def make_lmdb(images, target):
 
 
 def has_lmdb():
-    try:
-        import lmdb  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec('lmdb') is not None
 
 
 def edit_train(opt, tmp, total_iter=2, vals=1):
@@ -367,6 +364,23 @@ def test_lmdb_folders_read_as_the_image_folders(tmp_path):
                 else (0, 2):
             a, b = disk[index], lm[index]
             assert torch.equal(a['inp'], b['inp']) and torch.equal(a['gt'], b['gt'])
+
+
+def test_cosine_annealing_restart_is_basicsrs():
+    """``CosineAnnealingRestartLR`` (SMFANet options) against BasicSR's closed form, two periods with a restart."""
+    from engine.components import SCHEDULERS
+    from utils.config import ConfigError
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    args = {'periods': [4, 6], 'restart_weights': [1, 0.5], 'eta_min': 1e-6}
+    sched = SCHEDULERS.build({'name': 'CosineAnnealingRestartLR', 'args': args}, {'optimizer': opt, 'epoch_max': 10})
+    for t in range(10):
+        cycle, start, period = (0, 0, 4) if t <= 4 else (1, 4, 6)
+        expected = 1e-6 + [1, 0.5][cycle] * 0.5 * (1e-3 - 1e-6) * (1 + np.cos(np.pi * (t - start) / period))
+        assert opt.param_groups[0]['lr'] == pytest.approx(expected, rel=1e-12)
+        opt.step()
+        sched.step()
+    with pytest.raises(ConfigError, match='cover 10 steps but the run takes 11'):
+        SCHEDULERS.build({'name': 'CosineAnnealingRestartLR', 'args': args}, {'optimizer': opt, 'epoch_max': 11})
 
 
 def test_force_yml_and_debug(tmp_path):

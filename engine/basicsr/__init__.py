@@ -1,8 +1,9 @@
-"""BasicSR option files run here: the IGConv repository's commands, verbatim.
+r"""BasicSR option files run here: the IGConv repository's commands, verbatim.
 
     python igconv/train.py -opt options/train/EDSR/EDSRIGPlus_DIV2K.yml
     python igconv/test.py -opt options/test/EDSR/EDSR_IGConvPlus_DIV2K.yml
-    python -m torch.distributed.launch --nproc_per_node=4 --master_port=25000 igconv/train.py -opt X.yml --launcher pytorch
+    python -m torch.distributed.launch --nproc_per_node=4 --master_port=25000 igconv/train.py -opt X.yml \
+        --launcher pytorch
     torchrun --nproc_per_node=4 igconv/train.py -opt X.yml --launcher pytorch
 
 (``python train.py -opt X.yml`` / ``python test.py -opt X.yml`` are the same commands.)

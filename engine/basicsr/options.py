@@ -219,8 +219,7 @@ def check_keys(mapping, allowed, where):
     for key in mapping:
         if key not in allowed:
             path = f'{where}.{key}' if where else str(key)
-            reason = UNSUPPORTED.get(path) or UNSUPPORTED.get(re.sub(r'^[^.]*\.', '', path)) \
-                or 'not an option this code base implements'
+            reason = UNSUPPORTED.get(path, 'not an option this code base implements')
             raise OptionError(f'option {path} is not supported: {reason}; remove it '
                               f'(supported here: {", ".join(sorted(map(str, allowed)))})')
 
