@@ -383,6 +383,22 @@ def test_cosine_annealing_restart_is_basicsrs():
         SCHEDULERS.build({'name': 'CosineAnnealingRestartLR', 'args': args}, {'optimizer': opt, 'epoch_max': 11})
 
 
+def test_weights_load_as_basicsr_does(tmp_path):
+    """param_key_g falls back to 'params'; strict_load_g false skips (and logs) what does not fit."""
+    from engine.basicsr.network import load_weights
+    from models.checkpoint import CheckpointError
+    small = models.make({'name': 'EDSRIG', 'args': TINY['EDSRIG']})
+    torch.save({'params': small.state_dict()}, tmp_path / 'net.pth')
+    other = models.make({'name': 'EDSRIG', 'args': dict(TINY['EDSRIG'], implicit_dim=16)})
+    lines = []
+    assert load_weights(other, tmp_path / 'net.pth', 'params_ema', False, lambda m, **k: lines.append(m)) == 'params'
+    assert 'params_ema does not exist, use params' in lines[0]
+    assert any('size different, ignored' in line for line in lines[1:])
+    assert torch.equal(other.conv_first.weight, small.conv_first.weight)
+    with pytest.raises(CheckpointError, match='weights do not fit EDSRIG'):
+        load_weights(other, tmp_path / 'net.pth', 'params', True, lambda m, **k: None)
+
+
 def test_force_yml_and_debug(tmp_path):
     """BasicSR's --force_yml a:b=value (existing keys only) and --debug (debug_<name>, frequent logs)."""
     from engine.basicsr.options import OptionError, read_options
@@ -459,6 +475,17 @@ def test_distributed_launch_on_two_cpu_processes(tmp_path, launcher):
 # ------------------------------------------------------------------------------------------------
 # every published option file
 # ------------------------------------------------------------------------------------------------
+def test_every_key_of_every_published_option_file_is_understood():
+    """All published files, as released, pass the option checks (only data, weights and architectures are
+    looked at when a run starts)."""
+    from engine.basicsr.options import read_options
+    assert len(OPTION_FILES) == 39
+    for rel in OPTION_FILES:
+        opts = read_options(str(OPTIONS / rel), rel.split('/')[0])
+        assert opts.network['type'] == published(rel)['network_g']['type']
+        assert opts.datasets and (opts.train_set is not None) == rel.startswith('train/')
+
+
 @pytest.mark.parametrize('rel', OPTION_FILES)
 def test_published_option_file(tmp_path, rel):
     """Test options run on Set5 (their first Set5 set) with a BasicSR-layout checkpoint; train options run 2
