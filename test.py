@@ -85,6 +85,9 @@ def write_results(folder, summary, rows):
 
 def main(argv=None):
     from engine import cli
+    from engine.basicsr.cli import is_option_command, main as option_main
+    if is_option_command(sys.argv[1:] if argv is None else argv):      # BasicSR: test.py -opt X.yml
+        return option_main(argv, 'test', 'test.py')
     return cli.run(_main, argv, 'test.py')
 
 

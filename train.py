@@ -56,6 +56,9 @@ def training_device(args, argv):
 
 
 def main(argv=None):
+    from engine.basicsr.cli import is_option_command, main as option_main
+    if is_option_command(sys.argv[1:] if argv is None else argv):      # BasicSR: train.py -opt X.yml
+        return option_main(argv, 'train', 'train.py')
     args = parse_args(argv)
     try:
         from engine.distributed import PeerFailed, setup_distributed

@@ -9,9 +9,11 @@
 Registered names (the published LIIF / LMF ones, plus IGConv's integer-scale wrapper): ``image-folder``,
 ``paired-image-folders``, ``sr-implicit-downsampled``, ``sr-implicit-paired``,
 ``sr-implicit-uniform-varied``, ``sr-integer-downsampled``. ``datasets.samplers.ScaleBatchSampler``
-forms single-scale batches for the latter.
+forms single-scale batches for the latter. The IGConv repository's BasicSR datasets keep their published
+names and option keys (``datasets.paired``: ``FixedScalePairedImageDataset``,
+``FixedScaleDownsampleImageDataset``, ``RandomScaleDownsampleImageDataset``; disk or BasicSR lmdb folders).
 """
 from .registry import DatasetError, DatasetSpecError, get_dataset_class, list_datasets, make, register
 
-from . import image_folder, wrappers  # noqa: E402,F401  (populate the registry)
+from . import image_folder, wrappers, paired  # noqa: E402,F401  (populate the registry)
 from .samplers import ScaleBatchSampler  # noqa: E402,F401

@@ -15,6 +15,11 @@ config. Config forms (the published LIIF / LTE / LMF keys keep working):
   batches weighted by batch size. ``higher_is_better`` (an attribute the decorator sets) picks the best
   checkpoint.
 
+BasicSR option files (``engine.basicsr``) name their components by BasicSR's class names, registered
+here as aliases (``Adam``, ``AdamW``, ``SGD``, ``RMSprop``; ``MultiStepLR``; ``L1Loss``, ``MSELoss``,
+``FFTLoss``) or entries of their own (``CosineAnnealingRestartLR``); there a scheduler steps once per
+iteration.
+
 Example, a new loss used as ``loss: {charbonnier: 1.0}``::
 
     from engine.components import LOSSES
@@ -28,6 +33,7 @@ values for implicit models, (B, 3, H, W) images for grid models.
 """
 import functools
 import inspect
+import math
 
 import torch
 
@@ -125,6 +131,68 @@ def fft(pred, gt):
                           f'got shape {tuple(pred.shape)}')
     return fft_l1_loss(pred, gt)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# BasicSR names: what the option files of BasicSR-based repositories (IGConv) write as ``type``
+# (``engine.basicsr`` looks them up here)
+# ------------------------------------------------------------------------------------------------
+def _alias(registry, alias, name):
+    """Register ``alias`` as another name of the entry ``name`` (same signature, same behaviour)."""
+    target = registry.get(name)
+
+    @functools.wraps(target, assigned=('__doc__',), updated=())
+    def entry(*args, **kwargs):
+        return target(*args, **kwargs)
+    entry.__signature__ = inspect.signature(target)
+    registry.register(alias)(entry)
+
+
+for _alias_name, _name in (('Adam', 'adam'), ('AdamW', 'adamw'), ('SGD', 'sgd'), ('RMSprop', 'rmsprop')):
+    _alias(OPTIMIZERS, _alias_name, _name)
+_alias(SCHEDULERS, 'MultiStepLR', 'multi_step_lr')
+for _alias_name, _name in (('L1Loss', 'l1'), ('MSELoss', 'mse'), ('FFTLoss', 'fft')):
+    _alias(LOSSES, _alias_name, _name)
+
+
+class CosineRestartLR(torch.optim.lr_scheduler.LRScheduler):
+    """BasicSR's ``CosineAnnealingRestartLR``: consecutive cosine cycles of ``periods[i]`` steps; cycle i
+    starts at ``restart_weights[i]`` x the initial lr and falls to ``eta_min``. At step t (``last_epoch``)
+    in cycle i, which began at step s: ``eta_min + w_i (lr0 - eta_min) (1 + cos(pi (t - s) / periods[i])) / 2``;
+    a step beyond the last period raises ``ValueError``."""
+
+    def __init__(self, optimizer, periods, restart_weights=(1,), eta_min=0.0, last_epoch=-1):
+        self.periods = [int(p) for p in periods]
+        self.restart_weights = [float(w) for w in restart_weights]
+        self.eta_min = float(eta_min)
+        self.ends = [sum(self.periods[:i + 1]) for i in range(len(self.periods))]
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t = self.last_epoch
+        cycle = next((i for i, end in enumerate(self.ends) if t <= end), None)
+        if cycle is None:
+            raise ValueError(f'CosineAnnealingRestartLR: step {t} is beyond its periods {self.periods}')
+        start = self.ends[cycle - 1] if cycle else 0
+        phase = math.cos(math.pi * (t - start) / self.periods[cycle])
+        return [self.eta_min + self.restart_weights[cycle] * 0.5 * (base - self.eta_min) * (1 + phase)
+                for base in self.base_lrs]
+
+
+@SCHEDULERS.register('CosineAnnealingRestartLR')
+def cosine_annealing_restart(optimizer, epoch_max, periods, restart_weights=(1,), eta_min=0.0):
+    """BasicSR's cosine annealing with restarts (``CosineRestartLR``); ``periods`` in scheduler steps must
+    cover the run (``sum(periods) >= epoch_max``), one restart weight per period."""
+    if not isinstance(periods, (list, tuple)) or not periods or any(
+            isinstance(p, bool) or not isinstance(p, (int, float)) or p != int(p) or p < 1 for p in periods):
+        raise ConfigError(f'CosineAnnealingRestartLR: periods must be a list of positive integers, got {periods!r}')
+    if not isinstance(restart_weights, (list, tuple)) or len(restart_weights) != len(periods):
+        raise ConfigError(f'CosineAnnealingRestartLR: restart_weights {restart_weights!r} must have one weight per '
+                          f'period ({len(periods)})')
+    if sum(int(p) for p in periods) < epoch_max:
+        raise ConfigError(f'CosineAnnealingRestartLR: the periods {list(periods)} cover {sum(int(p) for p in periods)} '
+                          f'steps but the run takes {epoch_max}')
+    return CosineRestartLR(optimizer, periods, restart_weights, eta_min)
 
 def register_metric(name, higher_is_better=True):
     """Decorator: register a validation metric ``fn(pred01, gt01) -> float`` and its direction."""

@@ -79,6 +79,20 @@ def pick_state_dict(ckpt, where, param_key=None):
                           f"found {describe(ckpt)}")
 
 
+def read_checkpoint(path, map_location='cpu'):
+    """The dict a BasicSR ``.pth`` (or training ``.state``) file holds, read with ``weights_only=True``;
+    a missing or unreadable file raises ``CheckpointError`` in one line."""
+    from .checkpoint import CheckpointError, _load
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        return _load(path, map_location)
+    except Exception as e:   # unpickling refused or unreadable: one line
+        raise CheckpointError(f'{path}: not a readable weights-only PyTorch checkpoint '
+                              f'({" ".join(str(e).split())[:300]})') from None
+
+
 def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location='cpu', strict=True):
     """Build a published IGConv architecture and load a BasicSR checkpoint into it (eval mode).
 
@@ -92,7 +106,7 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
         args: constructor arguments replacing the defaults (with ``arch``) or updating the option's.
     Returns the model; its ``spec`` (``{'name', 'args'}``) lets ``save_checkpoint`` write our format.
     """
-    from .checkpoint import CheckpointError, _load, _shape_mismatch, check_finite, strip_prefix
+    from .checkpoint import CheckpointError, _shape_mismatch, check_finite, strip_prefix
     from .registry import ModelSpecError, make
     if arch is None and options is None:
         raise CheckpointError('a BasicSR checkpoint needs the architecture: pass arch=NAME or options=OPTION.yml')
@@ -110,13 +124,7 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
         ckpt, where = path_or_ckpt, 'checkpoint'
     else:
         where = os.fspath(path_or_ckpt)
-        if not os.path.isfile(where):
-            raise CheckpointError(f'checkpoint not found: {where}')
-        try:
-            ckpt = _load(where, map_location)
-        except Exception as e:   # unpickling refused or unreadable: one line
-            raise CheckpointError(f'{where}: not a readable weights-only PyTorch checkpoint '
-                                  f'({" ".join(str(e).split())[:300]})') from None
+        ckpt = read_checkpoint(where, map_location)
     key, sd = pick_state_dict(ckpt, where, param_key)
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
