@@ -47,7 +47,7 @@ TINY = {
                 reducted_dim=4, convffn_kernel_size=3),
     'HAT': dict(embed_dim=12, depths=[1], num_heads=[2], window_size=8, img_size=16, squeeze_factor=2),
     'HiT_SRF': dict(embed_dim=12, depths=[1], num_heads=[2]),
-    'MambaIR': dict(embed_dim=12, depths=[1], d_state=4),
+    'MambaIR': dict(embed_dim=30, depths=[1], d_state=4),          # channel attention squeezes by 30
     'PLKSRIGPlus': dict(dim=16, n_blocks=1, kernel_size=7, implicit_dim=8, latent_layers=2),
     'SMFANetIG': dict(dim=8, n_blocks=1),
     'SMFANetIGPlus': dict(dim=8, n_blocks=1),
@@ -151,6 +151,12 @@ def edit_train(opt, tmp, total_iter=2, vals=1):
     opt['val']['val_freq'] = 2
     opt['logger'].update(print_freq=1, save_checkpoint_freq=2)
     opt['path']['experiments_root'] = str(tmp / 'experiments')
+    if opt['path'].get('pretrain_network_g'):      # a fine-tuning stage: the user points at their stage-1 weights
+        net = dict(opt['network_g'])
+        stage1 = models.make({'name': net.pop('type'), 'args': net})
+        key = opt['path'].get('param_key_g') or 'params'
+        torch.save({key: stage1.state_dict()}, tmp / 'stage1.pth')
+        opt['path']['pretrain_network_g'] = str(tmp / 'stage1.pth')
     return opt
 
 
@@ -486,7 +492,12 @@ def test_every_key_of_every_published_option_file_is_understood():
         assert opts.datasets and (opts.train_set is not None) == rel.startswith('train/')
 
 
-@pytest.mark.parametrize('rel', OPTION_FILES)
+#: option files the default suite runs (the whole sweep is slow: about 10-30 s a file on 2 cores)
+DEFAULT_SWEEP = {'test/EDSR/EDSR_IGConvPlus_DIV2K.yaml', 'train/SMFANet/SMFANet_IGPlus_DF2K.yaml'}
+
+
+@pytest.mark.parametrize('rel', [pytest.param(r, marks=() if r in DEFAULT_SWEEP else pytest.mark.slow)
+                                 for r in OPTION_FILES])
 def test_published_option_file(tmp_path, rel):
     """Test options run on Set5 (their first Set5 set) with a BasicSR-layout checkpoint; train options run 2
     iterations on a tiny set (sizes shrunk, paths edited). Skipped only when the architecture is not registered."""
