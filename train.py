@@ -46,7 +46,8 @@ def training_device(args, argv):
     import torch
 
     from engine import cli
-    if args.gpu is not None and len(cli.parse_gpus(args.gpu)) > 1 and cli.distributed_env()[1] == 1 \
+    from engine.distributed import distributed_env
+    if args.gpu is not None and len(cli.parse_gpus(args.gpu)) > 1 and distributed_env()[1] == 1 \
             and torch.cuda.is_available():
         argv = sys.argv[1:] if argv is None else argv
         command = cli.torchrun_command(len(cli.parse_gpus(args.gpu)), argv)
@@ -67,8 +68,8 @@ def main(argv=None):
         from utils import validate
         from utils.config import ConfigError, apply_overrides, load_config, require
     except ImportError as e:     # e.g. a Python without torch: say so in one line
-        from engine import cli
-        return cli.missing_requirements(e, 'train.py')
+        from engine.errors import missing_requirements
+        return missing_requirements(e, 'train.py')
     try:
         validate.cli_numbers(args, 'train.py')
         device = training_device(args, argv)

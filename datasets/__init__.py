@@ -9,9 +9,11 @@
 Registered names (the published LIIF / LMF ones, plus IGConv's integer-scale wrapper): ``image-folder``,
 ``paired-image-folders``, ``sr-implicit-downsampled``, ``sr-implicit-paired``,
 ``sr-implicit-uniform-varied``, ``sr-integer-downsampled``. ``datasets.samplers.ScaleBatchSampler``
-forms single-scale batches for the latter.
+forms single-scale batches for the latter. ``build_dataset(spec)`` builds a config's
+``{dataset, wrapper}`` entry (``datasets/build.py``).
 """
 from .registry import DatasetError, DatasetSpecError, get_dataset_class, list_datasets, make, register
 
 from . import image_folder, wrappers  # noqa: E402,F401  (populate the registry)
 from .samplers import ScaleBatchSampler  # noqa: E402,F401
+from .build import build_dataset, check_data_norm, image_names  # noqa: E402,F401

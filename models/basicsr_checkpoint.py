@@ -14,6 +14,8 @@ import torch
 
 from utils.config import ConfigError, load_yaml
 
+from .state_dicts import CheckpointError, _load, _shape_mismatch, check_finite, strip_prefix
+
 PARAM_KEYS = ('params_ema', 'params')
 
 
@@ -34,7 +36,6 @@ def describe(ckpt):
 
 def read_options(path):
     """(arch, args, param_key or None) from a BasicSR option file's ``network_g`` (and ``path.param_key_g``)."""
-    from .checkpoint import CheckpointError
     try:
         opt = load_yaml(os.fspath(path), 'option file')
     except ConfigError as e:
@@ -50,7 +51,6 @@ def read_options(path):
 
 def resolve_arch(arch, args=None):
     """(registered name, args): published defaults for a bare name, overridden by ``args``."""
-    from .checkpoint import CheckpointError
     from .zoo import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS
     name = ALIASES.get(arch, arch)
     if name not in PUBLISHED_ARCHS:
@@ -62,7 +62,6 @@ def resolve_arch(arch, args=None):
 
 def pick_state_dict(ckpt, where, param_key=None):
     """The state dict of a BasicSR checkpoint: ``param_key`` if given, else params_ema, else params."""
-    from .checkpoint import CheckpointError
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{where}: not a BasicSR checkpoint: {describe(ckpt)}')
     keys = (param_key,) if param_key else PARAM_KEYS
@@ -91,7 +90,6 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
         args: constructor arguments replacing the defaults (with ``arch``) or updating the option's.
     Returns the model; its ``spec`` (``{'name', 'args'}``) lets ``save_checkpoint`` write our format.
     """
-    from .checkpoint import CheckpointError, _load, _shape_mismatch, check_finite, strip_prefix
     from .registry import ModelSpecError, make
     if arch is None and options is None:
         raise CheckpointError('a BasicSR checkpoint needs the architecture: pass arch=NAME or options=OPTION.yml')

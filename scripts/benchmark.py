@@ -157,7 +157,8 @@ def measure(name, model, kind, scale, lr, args, device, previous):
                 minp = torch.empty(1, 3, h, w, device='meta')
                 mc, mcell = torch.empty(1, H * W, 2, device='meta'), torch.empty(1, H * W, 2, device='meta')
                 row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
-                dec_fn = (lambda: meta.upscale_grid(minp, (H, W))) if whole_grid else (lambda: meta(minp, mc, mcell))
+                dec_fn = (lambda: meta.upscale_grid(minp, (H, W), (2 / H, 2 / W))) if whole_grid \
+                    else (lambda: meta(minp, mc, mcell))
                 row['dec_gmacs'] = count_macs(dec_fn) / 1e9 - row['enc_gmacs']
             else:   # data-dependent: count on the real run
                 row['enc_gmacs'] = count_macs(lambda: model.encoder(inp)) / 1e9

@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from engine.evaluation import METRICS, PROTOCOLS, check_protocol, score
+from engine.evaluation import DEFAULT_METRICS, PROTOCOLS, check_protocol, score
 from utils.imresize import imresize
 
 from .conftest import DATA, ROOT, need
@@ -104,7 +104,7 @@ def test_metrics_selection_and_validation():
     x, y = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40)
     assert score(x, y, 'basicsr', 'benchmark', 2, ('ssim',))['psnr'] is None
     assert score(x, y, 'basicsr', 'benchmark', 2, ('psnr',))['ssim'] is None
-    assert check_protocol(None) == (None, METRICS)
+    assert check_protocol(None) == (None, DEFAULT_METRICS)
     assert check_protocol('unspecified', ['psnr']) == (None, ('psnr',))
     assert check_protocol('basicsr', 'ssim') == ('basicsr', ('ssim',))
     for bad in [('matlab', None), ('basicsr', ['lpips']), ('basicsr', [])]:
