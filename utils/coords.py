@@ -87,19 +87,6 @@ def cell_clip_factor(scale, max_train_scale=4):
     return max(float(scale) / max_train_scale, 1.0)
 
 
-def grid_query(lr_size, out_size, batch=1, device=None, max_train_scale=4, clip=True):
-    """Coordinates and (clipped) cells that query a full ``out_size`` grid from an ``lr_size`` input.
-
-    Returns ``coord`` (batch, H*W, 2) and ``cell`` (batch, H*W, 2); cells clipped per axis by
-    ``clipped_cell``.
-    """
-    H, W = out_size
-    coord = make_coord((H, W), device=device).unsqueeze(0).expand(batch, H * W, 2)
-    cy, cx = clipped_cell(out_size, lr_size, max_train_scale=max_train_scale, clip=clip)
-    cell = torch.tensor([cy, cx], device=device).view(1, 1, 2).expand(batch, H * W, 2)
-    return coord, cell
-
-
 def pixel_position(coord, size):
     """Normalised coordinates (-1, 1) along an axis of ``size`` pixels -> positions in pixel units, pixel
     ``i`` centred at ``i`` (the unnormalisation of ``grid_sample(align_corners=False)``)."""
