@@ -26,6 +26,10 @@ checkpoint path (.pth or .safetensors; a bare file name is looked up in ``save/p
 checkpoints are cached per (path, device). ``device``: None (CUDA, else MPS, else CPU), 'cpu', 'cuda',
 'cuda:N' or 'mps'. ``tile``: 'auto' (inputs above 512x512 with CNN encoders are encoded in exact tiles of
 256 LR pixels), None / 0 (off) or a tile size. Errors are ``ValueError``s with a one-line message.
+
+Rendering goes through the inference session ``demo.py`` opens (``engine.inference.Session``; ``session_for``
+returns it): the checkpoint's training scale, the encoder's window padding, the tile policy and the memory
+check are the same, so a path in gives demo.py's file byte for byte.
 """
 import math
 import os

@@ -28,9 +28,13 @@ def note(message, script=None):
 
 
 def expected_errors():
-    """Exception types that are the user's to fix: reported in one line, exit status 1."""
+    """Exception types that are the user's to fix: reported in one line, exit status 1 (a run folder in use, a
+    failed peer process of a torchrun group: the failing process reports its own error)."""
     from models import CheckpointError
-    return ValueError, CheckpointError, OSError, TrainingDiverged
+
+    from .distributed import PeerFailed
+    from .run_folder import RunFolderError
+    return ValueError, CheckpointError, OSError, TrainingDiverged, RunFolderError, PeerFailed
 
 
 def out_of_memory_errors():
@@ -56,7 +60,7 @@ def run(main, argv=None, script=None):
     try:
         return main(argv) or 0
     except KeyboardInterrupt:
-        print(f'{script}: interrupted; nothing written', file=sys.stderr)
+        print(f'{script}: interrupted', file=sys.stderr)
         return 130
     except ImportError as e:       # e.g. a Python without torch (checked before expected_errors imports it)
         return missing_requirements(e, script)

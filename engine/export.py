@@ -237,13 +237,11 @@ def example_inputs(form, lr_size=(24, 20), scale=2.0, batch=1, max_train_scale=4
 
 def grid_inputs(lr_size, out_size, batch=1, max_train_scale=4):
     """coord, cell (batch, H*W, 2) of a full target grid, exactly as the engine computes them
-    (``utils.coords.make_coord`` and per-axis clipped cells)."""
-    from utils.coords import make_coord
-    (h, w), (H, W) = lr_size, out_size
+    (``utils.coords.make_coord`` and per-axis clipped cells, ``utils.coords.clipped_cell``)."""
+    from utils.coords import clipped_cell, make_coord
+    (H, W) = out_size
     coord = make_coord((H, W)).unsqueeze(0).expand(batch, -1, 2).contiguous()
-    cy, cx = 2 / H * h / h, 2 / W * w / w
-    cy *= max(H / h / max_train_scale, 1.0)
-    cx *= max(W / w / max_train_scale, 1.0)
+    cy, cx = clipped_cell(out_size, lr_size, max_train_scale=max_train_scale)
     cell = torch.tensor([cy, cx]).view(1, 1, 2).expand(batch, H * W, 2).contiguous()
     return coord, cell
 
