@@ -7,8 +7,8 @@ Argument handling only (the inference session is ``engine/inference.py``, proces
   (``--mse_threshold``) name the same option; booleans are parsed for real (``parse_bool``:
   True/False/true/false/1/0/yes/no), so ``--fast False`` means off (published quirk B16 fixed);
 * **the session's flags** (``add_session_args``, ``session_options``): ``--window``, ``--tile``,
-  ``--tile-overlap``, ``--scale-max`` / the published ``--scale_max`` / ``--trained_scale``, ``--no-cell-clip``
-  and the CMSR table (``--cmsr T.yaml`` or the published ``--cmsr True --cmsr_path T.yaml``);
+  ``--tile-overlap``, ``--scale-max`` / the published ``--scale_max``, ``--no-cell-clip``, and the CMSR table
+  (``add_cmsr_args``: ``--cmsr T.yaml`` or the published ``--cmsr True --cmsr_path T.yaml``);
 * **device flags** (``choose_device``): ``--device cpu|cuda|cuda:N|mps`` or the published ``--gpu N``
   (CUDA device N; where CUDA is absent one line says the run goes on on the CPU); default CUDA, else
   MPS, else CPU; under ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (or the CPU).
@@ -120,13 +120,10 @@ def parse_tile(text):
             from None
 
 
-def add_session_args(parser, window_default, tile_default=None, scale_flags=('--scale-max', '--scale_max')):
-    """The flags every rendering script shares (``session_options`` turns them into ``Session`` overrides).
-
-    ``window_default``: 0 for the published evaluation scripts (``test.py``, ``init_cmsr.py``: their
-    ``--window`` default), ``'auto'`` for ``demo.py`` (the encoder's window). ``scale_flags``: the spellings
-    of the largest-training-scale flag (``init_cmsr.py`` has the published ``--trained_scale``).
-    """
+def add_session_args(parser, window_default, tile_default=None):
+    """The rendering flags ``demo.py`` and ``test.py`` share (``session_options`` turns them into ``Session``
+    overrides). ``window_default``: 0 for the published evaluation script (``test.py``: its ``--window``
+    default), ``'auto'`` for ``demo.py`` (the encoder's window)."""
     parser.add_argument('--window', type=parse_window, default=window_default, metavar='N|auto',
                         help=f"pad inputs to a multiple of N LR pixels; 'auto': the encoder's own window (8 for "
                              f"SwinIR encoders, else 0) (default: {window_default})")
@@ -137,27 +134,17 @@ def add_session_args(parser, window_default, tile_default=None, scale_flags=('--
     parser.add_argument('--tile-overlap', type=int, default=None,
                         help='LR pixels of context around each tile (default: exact for the encoder, e.g. 37 for '
                              'EDSR-baseline models)')
-    parser.add_argument(*scale_flags, dest='max_train_scale', type=float, default=None,
+    parser.add_argument('--scale-max', '--scale_max', dest='max_train_scale', type=float, default=None,
                         help="largest training scale: cells are clipped by max(scale / it, 1) (default: the "
                              "checkpoint's training config, else the model's, 4)")
     parser.add_argument('--no-cell-clip', action='store_true',
                         help='do not clip cells (the LIIF repository protocol; clipping is the LTE/LMF default)')
 
 
-def session_options(args, **extra):
-    """``Session`` overrides from the flags of ``add_session_args`` (plus ``extra``)."""
+def session_options(args):
+    """``Session`` overrides from the flags of ``add_session_args``."""
     return dict(window=args.window, tile=args.tile, tile_overlap=args.tile_overlap,
-                max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip, **extra)
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}') from None
-    if not (value > 0 and value != float('inf')):
-        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}')
-    return value
+                max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip)
 
 
 # ------------------------------------------------------------------------------------------------
