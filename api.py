@@ -26,6 +26,10 @@ checkpoint path (.pth or .safetensors; a bare file name is looked up in ``save/p
 checkpoints are cached per (path, device). ``device``: None (CUDA, else MPS, else CPU), 'cpu', 'cuda',
 'cuda:N' or 'mps'. ``tile``: 'auto' (inputs above 512x512 with CNN encoders are encoded in exact tiles of
 256 LR pixels), None / 0 (off) or a tile size. Errors are ``ValueError``s with a one-line message.
+
+Rendering goes through the inference session ``demo.py`` opens (``engine.inference.Session``; ``session_for``
+returns it): the checkpoint's training scale, the encoder's window padding, the tile policy and the memory
+check are the same, so a path in gives demo.py's file byte for byte.
 """
 import math
 import os
@@ -37,7 +41,7 @@ BUNDLED = os.path.join(ROOT, 'save', 'pretrained_models')
 DEFAULT = os.path.join(BUNDLED, 'edsr-b_lm-liif.safetensors')
 _FALLBACK = os.path.join(BUNDLED, 'edsr-b_lm-liif.pth')
 
-__all__ = ['upscale', 'load', 'DEFAULT']
+__all__ = ['upscale', 'load', 'session_for', 'DEFAULT']
 
 _CACHE = {}
 
@@ -47,18 +51,36 @@ def _default_path():
 
 
 def load(model=None, device='cpu'):
-    """(model in eval mode on ``device``, checkpoint dict or None) for a path, a bare bundled name,
-    'bicubic' or None (the default model); cached."""
-    from engine import cli
+    """A model in eval mode on ``device`` for a path, a bare bundled name, 'bicubic' or None (the default
+    model); cached per (path, device). Its ``capabilities`` carry the checkpoint's training scale."""
+    from engine.inference import load_model, resolve_model_path
     path = _default_path() if model is None else os.fspath(model)
     if path != 'bicubic':
         if not os.path.exists(path) and os.path.dirname(path) == '' and os.path.exists(os.path.join(BUNDLED, path)):
             path = os.path.join(BUNDLED, path)
-        path = os.path.abspath(cli.resolve_model_path(path))
+        path = os.path.abspath(resolve_model_path(path))
     key = (path, str(device))
     if key not in _CACHE:
-        _CACHE[key] = cli.load_model(path, device, 'api')
+        _CACHE[key] = load_model(path, device, 'api')
     return _CACHE[key]
+
+
+def session_for(model=None, device=None, tile='auto'):
+    """The inference session ``upscale`` renders with (``engine.inference.Session``, the one ``demo.py``
+    opens): ``model`` a path, a bare bundled name, 'bicubic', None (the default) or a model object."""
+    import torch
+    from engine import cli
+    from engine.inference import Session
+    if tile is not None and tile != 'auto' and not (isinstance(tile, int) and not isinstance(tile, bool)
+                                                    and tile >= 0):
+        raise ValueError(f"upscale: tile must be 'auto', None/0 or a positive number of LR pixels, got {tile!r}")
+    if model is None or isinstance(model, (str, os.PathLike)):
+        dev = cli.choose_device(device, None, 'api')
+        return Session(load(model, dev), dev, tile=tile)
+    if isinstance(model, torch.nn.Module):
+        return Session(model, None if device is None else cli.choose_device(device, None, 'api'), tile=tile)
+    raise ValueError(f'upscale: model must be a checkpoint path, "bicubic" or a model of this repository, '
+                     f'got {type(model).__name__}')
 
 
 def _target_size(h, w, scale, size):
@@ -93,26 +115,11 @@ def _target_size(h, w, scale, size):
     return output_size((h, w), scale=(sy, sx), scale_text=text)
 
 
-def _render(img, size, model, ckpt, device, tile):
+def _render(img, size, session):
     """img (B, 3, h, w) in [0, 1] on the CPU -> (B, 3, H, W) in [0, 1] on the CPU; demo.py's rendering."""
     import torch
-    from engine import cli
-    from engine.inference import Upscaler, exact_overlap
-    h, w = img.shape[-2:]
-    encoder = getattr(model, 'encoder', None)
-    window = getattr(encoder, 'window_size', 0)
-    check = getattr(model, 'check_scale', None)
-    if check is not None:
-        check(size[0] / h, size[1] / w)
-    if tile == 'auto':
-        exact = exact_overlap(model) if encoder is not None else None
-        tile = 256 if (h * w > 512 * 512 and exact is not None) else None
-    elif not tile:
-        tile = None
-    elif not (isinstance(tile, int) and tile > 0):
-        raise ValueError(f"upscale: tile must be 'auto', None/0 or a positive number of LR pixels, got {tile!r}")
-    upscaler = Upscaler(model, tile=tile, window=window, max_train_scale=cli.max_train_scale(model, ckpt))
-    out = upscaler(img.to(device), size).cpu()
+    session.check(tuple(img.shape[-2:]), tuple(size), batch=img.shape[0])
+    out = session(img, size).cpu()
     if not bool(torch.isfinite(out).all()):
         raise ValueError('upscale: the model predicted non-finite values (NaN/inf); its weights are broken')
     return out
@@ -141,38 +148,26 @@ def _quantise(x, bit_depth):
 def upscale(image, scale=None, size=None, model=None, *, output=None, device=None, tile='auto'):
     """Upscale ``image`` by ``scale`` or to ``size`` with ``model``; see the module docstring."""
     import torch
-    from engine import cli
     from utils.image import ImageError
 
     if (scale is None) == (size is None):
         raise ValueError('upscale: give exactly one of scale and size')
-    if model is None or isinstance(model, (str, os.PathLike)):
-        dev = cli.choose_device(device, None, 'api')
-        net, ckpt = load(model, dev)
-    elif isinstance(model, torch.nn.Module):
-        net, ckpt = model.eval(), None
-        dev = str(next(iter(net.parameters()), torch.empty(0)).device) if device is None else \
-            cli.choose_device(device, None, 'api')
-        net = net.to(dev)
-    else:
-        raise ValueError(f'upscale: model must be a checkpoint path, "bicubic" or a model of this repository, '
-                         f'got {type(model).__name__}')
-
+    session = session_for(model, device, tile)
     with torch.no_grad():
         if isinstance(image, (str, os.PathLike)):
-            return _upscale_file(os.fspath(image), scale, size, net, ckpt, dev, tile, output)
+            return _upscale_file(os.fspath(image), scale, size, session, output)
         if output is not None:
             raise ValueError('upscale: output is only used with a path input')
         if isinstance(image, torch.Tensor):
-            return _upscale_tensor(image, scale, size, net, ckpt, dev, tile)
+            return _upscale_tensor(image, scale, size, session)
         if isinstance(image, np.ndarray):
-            return _upscale_array(image, scale, size, net, ckpt, dev, tile)
+            return _upscale_array(image, scale, size, session)
         try:
             from PIL import Image
         except ImportError:  # pragma: no cover - pillow is a requirement
             Image = None
         if Image is not None and isinstance(image, Image.Image):
-            return _upscale_pil(image, scale, size, net, ckpt, dev, tile)
+            return _upscale_pil(image, scale, size, session)
     raise ImageError(f'upscale: image must be a path, a PIL image, a numpy array or a tensor, '
                      f'got {type(image).__name__}')
 
@@ -188,7 +183,7 @@ def _default_output(path, scale, size):
     return f'{stem}_{tag}.png'
 
 
-def _upscale_file(path, scale, size, model, ckpt, device, tile, output):
+def _upscale_file(path, scale, size, session, output):
     from utils.image import load_image, save_image
     from utils.validate import input_file, output_file
     input_file(path, 'image')
@@ -202,14 +197,14 @@ def _upscale_file(path, scale, size, model, ckpt, device, tile, output):
     img, info = load_image(path)
     h, w = img.shape[-2:]
     H, W = _target_size(h, w, scale, size)
-    out = _render(img.unsqueeze(0), (H, W), model, ckpt, device, tile)[0]
+    out = _render(img.unsqueeze(0), (H, W), session)[0]
     alpha = _alpha(info.alpha, (H, W)) if info.alpha is not None else None
     bit_depth = info.bit_depth if ext == '.png' else 8
     save_image(output, out, bit_depth=bit_depth, alpha=alpha, mode_hint=info.mode)
     return output
 
 
-def _upscale_tensor(t, scale, size, model, ckpt, device, tile):
+def _upscale_tensor(t, scale, size, session):
     import torch
     if not t.is_floating_point() or t.dim() not in (3, 4) or t.shape[-3] != 3:
         raise ValueError(f'upscale: a tensor image must be float (3, h, w) or (B, 3, h, w) in [0, 1], got '
@@ -219,11 +214,11 @@ def _upscale_tensor(t, scale, size, model, ckpt, device, tile):
     x = t.detach().float().cpu()
     x = x.unsqueeze(0) if x.dim() == 3 else x
     H, W = _target_size(*x.shape[-2:], scale, size)
-    out = _render(x, (H, W), model, ckpt, device, tile).to(t.dtype)
+    out = _render(x, (H, W), session).to(t.dtype)
     return out[0] if t.dim() == 3 else out
 
 
-def _upscale_array(arr, scale, size, model, ckpt, device, tile):
+def _upscale_array(arr, scale, size, session):
     import torch
     from utils.image import array_to_tensor
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
@@ -249,7 +244,7 @@ def _upscale_array(arr, scale, size, model, ckpt, device, tile):
         a = f[..., 3].unsqueeze(0) if has_alpha else None
     h, w = x.shape[-2:]
     H, W = _target_size(h, w, scale, size)
-    out = _render(x.unsqueeze(0), (H, W), model, ckpt, device, tile)[0]
+    out = _render(x.unsqueeze(0), (H, W), session)[0]
     if channels == 1 or arr.ndim == 2:
         out = _gray(out)
     if a is not None:
@@ -263,7 +258,7 @@ def _upscale_array(arr, scale, size, model, ckpt, device, tile):
     return res
 
 
-def _upscale_pil(im, scale, size, model, ckpt, device, tile):
+def _upscale_pil(im, scale, size, session):
     from PIL import Image
     from utils.image import GRAY_MODES, _decode, array_to_tensor
     mode = im.mode
@@ -271,7 +266,7 @@ def _upscale_pil(im, scale, size, model, ckpt, device, tile):
     x = array_to_tensor(arr)
     h, w = x.shape[-2:]
     H, W = _target_size(h, w, scale, size)
-    out = _render(x.unsqueeze(0), (H, W), model, ckpt, device, tile)[0]
+    out = _render(x.unsqueeze(0), (H, W), session)[0]
     gray = mode in GRAY_MODES
     bits = 16 if (gray and arr.dtype.itemsize == 2) else 8     # PIL has no 16-bit colour mode
     if gray:

@@ -7,7 +7,9 @@
     python demo.py --input demo.png --scale 4 --output demo_x4.png --model edsr-b_lm-liif.pth --gpu 0 --fast True
 
 The published LMF flag spellings work next to ours (--gpu N, --fast True/False, --cmsr True --cmsr_path T.yaml,
---cmsr_mse); a bare checkpoint name is looked up in save/pretrained_models/ (engine/cli.py).
+--cmsr_mse, --scale_max); a bare checkpoint name is looked up in save/pretrained_models/ (engine/inference.py).
+8-bit outputs are rounded to the nearest level; --published-quantization truncates as the published scripts do
+(byte-identical PNGs; docs/deviations.md, B24).
 
 Gray, RGBA (alpha upscaled separately with bicubic), palette and 16-bit images work; the output keeps the
 input's bit depth (16-bit needs a .png output) and colour type; EXIF orientation is applied. On error the
@@ -19,21 +21,7 @@ import sys
 import time
 
 DEFAULT_MODEL = os.path.join('save', 'pretrained_models', 'edsr-b_lm-liif.pth')
-
-
-def parse_size(text):
-    from utils.validate import size_text
-    return size_text(text, '--size', order='HxW')
-
-
-def parse_tile(text):
-    if text == 'auto':
-        return 'auto'
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tile must be 'auto', 0 (off) or a size in LR pixels, got {text!r}")
-    return value     # range checked with the other numbers (utils.validate.cli_numbers): one line, exit 1
+PROGRESS_ABOVE = 4_000_000      # output pixels above which a progress bar is shown
 
 
 def build_parser():
@@ -48,34 +36,24 @@ def build_parser():
                    help=f'checkpoint (a bare file name is also looked up in save/pretrained_models/), or "bicubic" '
                         f'(default: {DEFAULT_MODEL})')
     cli.add_device_args(p)
-    p.add_argument('--tile', type=parse_tile, default='auto',
-                   help="encode the input in tiles of this many LR pixels to bound memory; 'auto' (default) tiles "
-                        "inputs above 512x512 with CNN encoders, where tiling is exact; 0 disables it. With "
-                        "SwinIR (window attention) tiled results are only approximately equal")
-    p.add_argument('--tile-overlap', type=int, default=None,
-                   help='LR pixels of context around each tile (default: exact for the encoder, e.g. 37 for '
-                        'EDSR-baseline models)')
+    cli.add_session_args(p, window_default='auto', tile_default='auto')
     p.add_argument('--bsize', type=int, default=None,
                    help="queries per decoder call (memory); default: the model's own chunk (LM models: sized from "
                         "this machine's caches)")
-    p.add_argument('--window', type=int, default=None,
-                   help='pad the input to a multiple of this (default: 8 for SwinIR encoders, else 0)')
     cli.add_cmsr_args(p)
     cli.add_bool_flag(p, '--fast', help='published flag, accepted: the decoder always runs in chunks of --bsize '
                                         'queries here, which gives the same image as the published fast path')
-    p.add_argument('--scale-max', '--scale_max', dest='scale_max', type=cli.positive_float, default=None,
-                   help="largest training scale for cell clipping (default: the checkpoint's, else 4)")
-    p.add_argument('--no-cell-clip', action='store_true',
-                   help='do not clip cells to the largest training scale (clipping is the published default)')
+    p.add_argument('--published-quantization', action='store_true',
+                   help='truncate to 8 bits as the published demo.py does (default: round to the nearest level)')
     p.add_argument('--quiet', action='store_true', help='no progress bar or summary')
     return p
 
 
 def target_size(args, h, w):
     from utils.coords import parse_scale
-    from utils.validate import output_size
+    from utils.validate import output_size, size_text
     if args.size is not None:
-        return output_size((h, w), size=parse_size(args.size))
+        return output_size((h, w), size=size_text(args.size, '--size', order='HxW'))
     try:
         scale = parse_scale(args.scale)
     except ValueError as e:
@@ -83,112 +61,92 @@ def target_size(args, h, w):
     return output_size((h, w), scale=scale, scale_text=args.scale)
 
 
-def load_any_model(spec, device):
-    """(model in eval mode on ``device``, checkpoint or None); see ``engine.cli.load_model``."""
+def check_request(args, table):
+    """Files, sizes and the output's memory, before the model is loaded or the image decoded:
+    ((h, w), (H, W), device)."""
     from engine import cli
-    if spec == DEFAULT_MODEL and not os.path.exists(spec):
-        raise ValueError(f'default model {spec} not found; pass --model PATH (see README, "Pretrained models")')
-    return cli.load_model(spec, device, 'demo.py')
+    from engine.memory import check as check_memory
+    from utils import validate
+    from utils.image import SAVE_FORMATS, read_size
+    validate.input_file(args.input, '--input')
+    if args.model == DEFAULT_MODEL and not os.path.exists(args.model):
+        raise ValueError(f'default model {args.model} not found; pass --model PATH (see README, "Pretrained models")')
+    if args.model != 'bicubic' and os.path.exists(args.model):
+        validate.input_file(args.model, '--model')
+    if table:
+        validate.input_file(table, '--cmsr')
+    validate.output_file(args.output, '--output', inputs=(args.input, args.model, table), extensions=tuple(SAVE_FORMATS))
+    h, w = read_size(args.input)                     # from the header: sizes checked before decoding
+    H, W = target_size(args, h, w)
+    device = cli.choose_device(args.device, args.gpu, 'demo.py')
+    check_memory(None, (h, w), (H, W), device=device)
+    return (h, w), (H, W), device
+
+
+def upscale(session, img, size, args):
+    """(3, H, W) on the CPU and the seconds spent in the engine (encoder + decoder)."""
+    import torch
+    H, W = size
+    bar = None
+    if H * W > PROGRESS_ABOVE and not args.quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=H * W, unit='px', unit_scale=True, desc='upscaling', dynamic_ncols=True)
+    t = time.perf_counter()
+    try:
+        out = session(img.unsqueeze(0), size, progress=bar.update if bar else None)[0].cpu()
+    finally:
+        if bar:
+            bar.close()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f'{args.model}: the model predicted non-finite values (NaN/inf) for {args.input}; its '
+                         f'weights are broken (a diverged run?); nothing written')
+    return out, time.perf_counter() - t
+
+
+def save(args, out, info):
+    """Write the output with the input's alpha, colour type and (PNG) bit depth."""
+    from utils.image import save_image
+    from utils.imresize import imresize
+    H, W = out.shape[-2:]
+    alpha = None
+    if info.alpha is not None:
+        alpha = imresize(info.alpha.unsqueeze(0).double(), size=(H, W))[0].float().clamp(0, 1)
+    bit_depth = info.bit_depth
+    if bit_depth == 16 and not args.output.lower().endswith('.png'):
+        print(f'note: {os.path.splitext(args.output)[1]} cannot hold 16-bit data; writing 8-bit', file=sys.stderr)
+        bit_depth = 8
+    save_image(args.output, out, bit_depth=bit_depth, alpha=alpha, mode_hint=info.mode,
+               quantization='truncate' if args.published_quantization else 'round')
+
+
+def _main(argv):
+    args = build_parser().parse_args(argv)
+    from engine import cli
+    from engine.inference import Session
+    from utils import validate
+    from utils.image import ImageError, load_image
+    validate.cli_numbers(args, 'demo.py', {'max_train_scale': '--scale-max'})
+    table = cli.cmsr_table_path(args.cmsr, args.cmsr_path)        # both spellings -> the table file or None
+    (h, w), (H, W), device = check_request(args, table)
+    img, info = load_image(args.input)
+    if tuple(img.shape[-2:]) != (h, w):
+        raise ImageError(f'{args.input}: decoded size {tuple(img.shape[-2:])} differs from its header ({h}, {w})')
+    session = Session.open(args.model, device, 'demo.py', chunk=args.bsize, cmsr=table, **cli.session_options(args))
+    session.check((h, w), (H, W), bit_depth=info.bit_depth)
+    t = time.perf_counter()
+    out, model_s = upscale(session, img, (H, W), args)
+    save(args, out, info)
+    if not args.quiet:
+        tile = session.tile_for((h, w))
+        print(f'{args.input} ({w}x{h}) -> {args.output} ({W}x{H}, x{H / h:.3g} rows, x{W / w:.3g} cols) on {device} '
+              f'in {time.perf_counter() - t:.2f}s (model {model_s:.3f}s)' + (f', tiles of {tile}px' if tile else '')
+              + (f'; {session.stats.summary()}' if session.tables is not None else ''))
+    return 0
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        import torch
-        from engine import cli
-        from engine.inference import Upscaler, exact_overlap
-        from engine.memory import check as check_memory
-        from models import CheckpointError, ModelSpecError
-        from engine.cmsr import CMSRError
-        from utils import validate
-        from utils.image import SAVE_FORMATS, ImageError, load_image, read_size, save_image
-        from utils.imresize import imresize
-    except ImportError as e:     # e.g. a Python without torch: say so in one line
-        from engine import cli
-        return cli.missing_requirements(e, 'demo.py')
-    try:
-        validate.cli_numbers(args, 'demo.py')
-        args.cmsr = cli.cmsr_table_path(args.cmsr, args.cmsr_path)     # both spellings -> the table file or None
-        validate.input_file(args.input, '--input')
-        if args.model != 'bicubic' and os.path.exists(args.model):
-            validate.input_file(args.model, '--model')
-        if args.cmsr:
-            validate.input_file(args.cmsr, '--cmsr')
-        validate.output_file(args.output, '--output', inputs=(args.input, args.model, args.cmsr),
-                             extensions=tuple(SAVE_FORMATS))
-        h, w = read_size(args.input)                     # from the header: sizes checked before decoding
-        H, W = target_size(args, h, w)
-        device = cli.choose_device(args.device, args.gpu, 'demo.py')
-        check_memory(None, (h, w), (H, W), device=device)   # before decoding the image and loading the model
-        img, info = load_image(args.input)
-        if tuple(img.shape[-2:]) != (h, w):
-            raise ImageError(f'{args.input}: decoded size {tuple(img.shape[-2:])} differs from its header ({h}, {w})')
-        model, ckpt = load_any_model(args.model, device)
-        from engine.render import check_target
-        check_target(model.capabilities, (h, w), (H, W))
-        tables = None
-        if args.cmsr:
-            from engine import cmsr
-            if not model.capabilities.modulated:
-                raise ValueError(f'--cmsr needs an LM model (lmliif, lmlte, lmciaosr); {args.model} is '
-                                 f'{model.capabilities.name or type(model).__name__}')
-            tables = cmsr.load_tables(args.cmsr, model.capabilities)
-        caps = model.capabilities
-        window = args.window if args.window is not None else caps.window
-        tile, overlap = args.tile, args.tile_overlap
-        if tile == 'auto':
-            exact = exact_overlap(model) if caps.kind != 'image' else None
-            tile = 256 if (h * w > 512 * 512 and exact is not None and not args.cmsr) else None
-        elif tile == 0:
-            tile = None
-        check_memory(model, (h, w), (H, W), device=device, bsize=args.bsize, tile=tile,
-                     tile_overlap=overlap if overlap is not None else (exact_overlap(model) if tile else None),
-                     bit_depth=info.bit_depth)
-        big = H * W > 4_000_000
-        bar = None
-        if big and not args.quiet:
-            from tqdm import tqdm
-            bar = tqdm(total=H * W, unit='px', unit_scale=True, desc='upscaling', dynamic_ncols=True)
-        upscaler = Upscaler(model, bsize=args.bsize, tile=tile, tile_overlap=overlap, window=window,
-                            clip_cells=not args.no_cell_clip, progress=bar.update if bar else None,
-                            cmsr_tables=tables, max_train_scale=cli.max_train_scale(model, ckpt, args.scale_max))
-        t = time.perf_counter()
-        try:
-            out = upscaler(img.unsqueeze(0).to(device), (H, W))[0].cpu()
-        finally:
-            if bar:
-                bar.close()
-        model_s = time.perf_counter() - t       # encoder + decoder through the engine (what the benchmark times)
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(f'{args.model}: the model predicted non-finite values (NaN/inf) for {args.input}; '
-                             f'its weights are broken (a diverged run?); nothing written')
-        alpha = None
-        if info.alpha is not None:
-            alpha = imresize(info.alpha.unsqueeze(0).double(), size=(H, W))[0].float().clamp(0, 1)
-        bit_depth = info.bit_depth
-        if bit_depth == 16 and not args.output.lower().endswith('.png'):
-            print(f'note: {os.path.splitext(args.output)[1]} cannot hold 16-bit data; writing 8-bit',
-                  file=sys.stderr)
-            bit_depth = 8
-        save_image(args.output, out, bit_depth=bit_depth, alpha=alpha, mode_hint=info.mode)
-        if not args.quiet:
-            extra = ''
-            if tables is not None:
-                extra = f'; {upscaler.stats.summary()}'
-            print(f'{args.input} ({w}x{h}) -> {args.output} ({W}x{H}, x{H / h:.3g} rows, x{W / w:.3g} cols) '
-                  f'on {device} in {time.perf_counter() - t:.2f}s (model {model_s:.3f}s)'
-                  + (f', tiles of {tile}px' if upscaler.tile else '') + extra)
-    except (ValueError, ImageError, CheckpointError, ModelSpecError, CMSRError, OSError) as e:
-        print(f'demo.py: error: {e}', file=sys.stderr)
-        return 1
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        print(f'demo.py: error: out of memory ({validate.one_line(e, 200) or "MemoryError"}); use --tile, a smaller '
-              f'--bsize or a smaller --size/--scale; nothing written', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('demo.py: interrupted; nothing written', file=sys.stderr)
-        return 130
-    return 0
+    from engine.errors import run
+    return run(_main, argv, 'demo.py')
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@
     out = torch.hub.load('path/to/clone', 'upscale', 'photo.png', scale=3.5, source='local')  # -> photo_x3.5.png
 
 Models (in eval mode; inputs (B, 3, h, w) normalised as (x - 0.5) / 0.5; render whole images with
-``engine.inference.Upscaler`` or the ``upscale`` entry):
+``engine.inference.Session(model)`` or the ``upscale`` entry):
 
 * ``lm_liif``, ``lm_lte``: EDSR-baseline LM-LIIF / LM-LTE; ``pretrained=True`` (default) loads the bundled
   weights (``save/pretrained_models/*.safetensors``, trained on the stand-in photos of this repository).
@@ -84,10 +84,11 @@ igconv_plus = _entry('igconv_plus')
 
 
 def from_checkpoint(path, device='cpu'):
-    """A model from a checkpoint (.pth or .safetensors), in eval mode on ``device``."""
-    from engine import cli
-    model, _ = cli.load_model(cli.resolve_model_path(os.fspath(path)), device, 'hubconf')
-    return model
+    """A model from a checkpoint (.pth or .safetensors), in eval mode on ``device``; its ``capabilities``
+    carry the checkpoint's training scale, so rendering it (``upscale``, ``engine.inference.Session``) gives
+    what ``demo.py`` gives for the same file."""
+    from engine.inference import load_model
+    return load_model(os.fspath(path), device, 'hubconf')
 
 
 def upscale(image, scale=None, size=None, model=None, **kwargs):

@@ -12,7 +12,9 @@ The threshold is an MSE in the models' normalised output space, [-1, 1]: 2e-5 (t
 equals 5e-6 in [0, 1] pixel units, i.e. about 53 dB PSNR, or an RMS error of 0.57 grey levels out of 255.
 
 The YAML at --save-path is read, updated for the given scales and written back (atomically), so tables
-for more scales can be added later. Use it with test.py / demo.py --cmsr.
+for more scales can be added later. Use it with test.py / demo.py --cmsr. The model kind is recorded in a
+first-line comment (# model: lmliif), so the published test.py / init_cmsr.py read the file too. As in the
+published script, inputs are not padded unless --window is given (SwinIR encoders: --window 8).
 
 The published spelling works as well (flags --mse_threshold, --save_path, --trained_scale, --gpu; a bare
 checkpoint name is looked up in save/pretrained_models/; the target scale comes from the config's eval_type):
@@ -41,11 +43,12 @@ def build_parser():
                    help='largest MSE in normalised [-1, 1] units (default 2e-5 = 5e-6 in [0, 1] units)')
     p.add_argument('--save-path', '--save_path', dest='save_path', required=True,
                    help='YAML file to create or update')
-    p.add_argument('--trained-scale', '--trained_scale', dest='trained_scale', type=float, default=None,
+    p.add_argument('--trained-scale', '--trained_scale', dest='max_train_scale', type=float, default=None,
                    help="largest training scale: cells are clipped by max(S / trained_scale, 1) (default: the "
                         "checkpoint's training config, else 4)")
-    p.add_argument('--window', type=int, default=None,
-                   help='pad inputs like the published SwinIR evaluation (default: 8 for SwinIR encoders)')
+    p.add_argument('--window', type=cli.parse_window, default=0, metavar='N|auto',
+                   help="pad inputs like the published SwinIR evaluation (8, or 'auto': the encoder's window); "
+                        "default 0 (none), as published")
     p.add_argument('--first-k', type=int, default=None, help='use only the first k images')
     p.add_argument('--prune', action='store_true',
                    help='drop decode scales whose threshold stayed at 1 (the published algorithm keeps them, and '
@@ -101,9 +104,40 @@ def merge_image_table(table, own, S):
     return table
 
 
-def main(argv=None):
-    from engine import cli
-    return cli.run(_main, argv, 'init_cmsr.py')
+def build_tables(session, base, scales, tables, args, bar=None):
+    """Update ``tables`` for every target scale from the images of ``base`` (sharded under torchrun, merged
+    on rank 0 in image order); the file is written after every scale on rank 0 (nothing lost)."""
+    import datasets
+    from engine import cmsr
+    from engine.distributed import distributed_env, gather, init_process_group
+    from engine.inference import normalise
+    from utils.coords import cell_clip_factor
+    rank = distributed_env()[0]
+    world = init_process_group(session.device)
+    for S in scales:
+        table = tables.get(S) or cmsr.initial_table(S)
+        data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': S, 'scale_max': S}},
+                             args={'dataset': base})
+        clip = cell_clip_factor(S, session.max_train_scale)
+        mine = []                                    # sharded: (index, the image's own effect on a table)
+        for i in range(rank, len(data), world):
+            inp = session.pad(normalise(data[i]['inp'].unsqueeze(0).to(session.device)))
+            if world == 1:
+                cmsr.update_table(session.model, inp, table, args.mse_threshold, S, cell_clip=clip)
+            else:
+                own = cmsr.update_table(session.model, inp, {s: math.inf for s in table}, args.mse_threshold, S,
+                                        cell_clip=clip)
+                mine.append((i, own))
+            if bar:
+                bar.set_description(f'x{S}')
+                bar.update(min(world, len(data) - i))
+        for _, own in sorted(p for part in gather(mine) for p in part):
+            merge_image_table(table, own, S)
+        if rank == 0:
+            tables[S] = cmsr.prune_unvalidated(table) if args.prune else table
+            tables = dict(sorted(tables.items()))
+            cmsr.save_tables(args.save_path, tables, session.model.capabilities.name)
+    return tables
 
 
 def _main(argv=None):
@@ -111,74 +145,51 @@ def _main(argv=None):
     import os
 
     import datasets
+    from datasets.build import check_data_norm
     from engine import cli, cmsr
-    from engine.inference import normalise, window_pad
-    from utils.coords import cell_clip_factor
-    from utils.config import apply_overrides, load_config
-
+    from engine.distributed import distributed_env
+    from engine.inference import Session
     from utils import validate
+    from utils.config import apply_overrides, load_config
     if not (args.mse_threshold > 0 and math.isfinite(args.mse_threshold)):
         raise ValueError('--mse-threshold must be a positive number')
-    validate.cli_numbers(args, 'init_cmsr.py')          # --trained-scale, --window, --first-k
+    validate.cli_numbers(args, 'init_cmsr.py', {'max_train_scale': '--trained-scale'})
     validate.output_file(args.save_path, '--save-path', inputs=(args.config, args.model), create_parent=True,
                          extensions=('.yaml', '.yml'))  # before any compute
     cfg = apply_overrides(load_config(args.config), args.opt)
-    cli.check_data_norm(cfg, args.config)
+    check_data_norm(cfg, args.config)
     base_spec, scales = dataset_and_scales(cfg, args.config, args.scales)
     device = cli.choose_device(args.device, args.gpu, 'init_cmsr.py')
-    model, ckpt = cli.load_model(args.model, device, 'init_cmsr.py')
-    if not model.capabilities.modulated:
-        raise ValueError(f'{args.model} is a {model.spec["name"]} model; CMSR tables are for LM models '
-                         f'(lmliif, lmlte, lmciaosr)')
-    trained_scale = cli.max_train_scale(model, ckpt, args.trained_scale)
-    window = args.window if args.window is not None else model.capabilities.window
-    tables = cmsr.load_tables(args.save_path, model.capabilities) if os.path.exists(args.save_path) else {}
+    session = Session.open(args.model, device, 'init_cmsr.py', window=args.window, published_window=True,
+                           max_train_scale=args.max_train_scale)
+    caps = session.model.capabilities
+    if not caps.modulated:
+        raise ValueError(f'{args.model} is a {caps.name} model; CMSR tables are for LM models (lmliif, lmlte, lmciaosr)')
+    tables = cmsr.load_tables(args.save_path, caps) if os.path.exists(args.save_path) else {}
     if args.first_k:
         base_spec['args'] = dict(base_spec.get('args') or {}, first_k=args.first_k)
     base = datasets.make(base_spec)
-    rank, world, _ = cli.distributed_env()
-    world = cli.init_process_group(device)        # torchrun: images sharded, merged on rank 0 in image order
+    os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
     bar = None
-    if not args.quiet and rank == 0:
+    if not args.quiet and distributed_env()[0] == 0:
         from tqdm import tqdm
         bar = tqdm(total=len(scales) * len(base), unit='img', dynamic_ncols=True)
-    for S in scales:
-        table = tables.get(S) or cmsr.initial_table(S)
-        data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': S, 'scale_max': S}},
-                             args={'dataset': base})
-        mine = []                                    # sharded: (index, the image's own effect on a table)
-        for i in range(rank, len(data), world):
-            inp = normalise(data[i]['inp'].unsqueeze(0).to(device))
-            if window:
-                inp = window_pad(inp, window, published=True)
-            if world == 1:
-                cmsr.update_table(model, inp, table, args.mse_threshold, S,
-                                  cell_clip=cell_clip_factor(S, trained_scale))
-            else:
-                own = cmsr.update_table(model, inp, {s: math.inf for s in table}, args.mse_threshold, S,
-                                        cell_clip=cell_clip_factor(S, trained_scale))
-                mine.append((i, own))
-            if bar:
-                bar.set_description(f'x{S}')
-                bar.update(min(world, len(data) - i))
-        if world > 1:
-            for _, own in sorted(p for part in cli.gather(mine) for p in part):
-                merge_image_table(table, own, S)
-        if rank == 0:
-            tables[S] = cmsr.prune_unvalidated(table) if args.prune else table
-            tables = dict(sorted(tables.items()))
-            os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
-            cmsr.save_tables(args.save_path, tables, model.capabilities.name)   # after every scale: nothing lost
-    if bar:
-        bar.close()
-    if rank != 0:
-        return 0
-    if not args.quiet:
+    try:
+        tables = build_tables(session, base, scales, tables, args, bar)
+    finally:
+        if bar:
+            bar.close()
+    if distributed_env()[0] == 0 and not args.quiet:
         for S in scales:
             print(f'x{S}: ' + ', '.join(f'{s}: {t:g}' for s, t in tables[S].items()))
         print(f'wrote {args.save_path} (MSE threshold {args.mse_threshold:g} normalised = '
               f'{args.mse_threshold / 4:g} in [0, 1] units)')
     return 0
+
+
+def main(argv=None):
+    from engine.errors import run
+    return run(_main, argv, 'init_cmsr.py')
 
 
 if __name__ == '__main__':

@@ -46,7 +46,8 @@ def training_device(args, argv):
     import torch
 
     from engine import cli
-    if args.gpu is not None and len(cli.parse_gpus(args.gpu)) > 1 and cli.distributed_env()[1] == 1 \
+    from engine.distributed import distributed_env
+    if args.gpu is not None and len(cli.parse_gpus(args.gpu)) > 1 and distributed_env()[1] == 1 \
             and torch.cuda.is_available():
         argv = sys.argv[1:] if argv is None else argv
         command = cli.torchrun_command(len(cli.parse_gpus(args.gpu)), argv)
@@ -55,55 +56,49 @@ def training_device(args, argv):
     return cli.choose_device(args.device, args.gpu, 'train.py')
 
 
+def _main(argv=None):
+    args = parse_args(argv)
+    from datasets.check import check_loader_spec
+    from engine.distributed import setup_distributed
+    from engine.training import fit
+    from models.registry import MODELS
+    from utils import validate
+    from utils.config import ConfigError, apply_overrides, load_config, require
+    validate.cli_numbers(args, 'train.py')
+    device = training_device(args, argv)
+    cfg = apply_overrides(load_config(args.config), args.opt)
+    validate.spec_types(require(cfg, 'model', where=args.config), MODELS, 'model')   # before anything is built
+    for part in ('train_dataset', 'val_dataset'):
+        if cfg.get(part) is not None:
+            if not isinstance(cfg[part], dict):
+                raise ConfigError(f'{args.config}: {part} must be a mapping, got {type(cfg[part]).__name__}')
+            if 'batch_size' in cfg[part]:
+                validate.integer(cfg[part]['batch_size'], f'{part}.batch_size', minimum=1)
+            check_loader_spec(cfg[part], part)      # folders listed, args checked; nothing decoded
+    for key in ('epoch_max', 'epoch_val', 'epoch_save'):
+        if cfg.get(key) is not None:
+            validate.integer(cfg[key], key, minimum=1)
+    if cfg.get('seed') is not None:
+        validate.integer(cfg['seed'], 'seed', minimum=0)
+    name = args.name or '_' + os.path.splitext(os.path.basename(args.config))[0]
+    if args.tag:
+        name += '_' + args.tag
+    save_dir = os.path.join(args.save_root, name)
+    validate.output_folder(save_dir, '--save-root/--name', inputs=(args.config,))
+    workers = args.workers if args.workers is not None else min(8, max((os.cpu_count() or 1) - 1, 0))
+    seed = args.seed if args.seed is not None else int(cfg.get('seed', 0))
+    dd = setup_distributed(device)
+    fit(cfg, save_dir, dd, workers=workers, seed=seed, amp=args.amp, grad_clip=args.grad_clip,
+        resume=not args.no_resume, stop_after=args.stop_after, progress=not args.no_progress)
+    return 0
+
+
 def main(argv=None):
     from engine.basicsr.cli import is_option_command, main as option_main
     if is_option_command(sys.argv[1:] if argv is None else argv):      # BasicSR: train.py -opt X.yml
         return option_main(argv, 'train', 'train.py')
-    args = parse_args(argv)
-    try:
-        from engine.distributed import PeerFailed, setup_distributed
-        from engine.run_folder import RunFolderError
-        from engine.training import TrainingDiverged, fit
-        from models import CheckpointError, ModelSpecError
-        from datasets.check import check_loader_spec
-        from models.registry import MODELS
-        from utils import validate
-        from utils.config import ConfigError, apply_overrides, load_config, require
-    except ImportError as e:     # e.g. a Python without torch: say so in one line
-        from engine import cli
-        return cli.missing_requirements(e, 'train.py')
-    try:
-        validate.cli_numbers(args, 'train.py')
-        device = training_device(args, argv)
-        cfg = apply_overrides(load_config(args.config), args.opt)
-        validate.spec_types(require(cfg, 'model', where=args.config), MODELS, 'model')   # before anything is built
-        for part in ('train_dataset', 'val_dataset'):
-            if cfg.get(part) is not None:
-                if not isinstance(cfg[part], dict):
-                    raise ConfigError(f'{args.config}: {part} must be a mapping, got {type(cfg[part]).__name__}')
-                if 'batch_size' in cfg[part]:
-                    validate.integer(cfg[part]['batch_size'], f'{part}.batch_size', minimum=1)
-                check_loader_spec(cfg[part], part)      # folders listed, args checked; nothing decoded
-        for key in ('epoch_max', 'epoch_val', 'epoch_save'):
-            if cfg.get(key) is not None:
-                validate.integer(cfg[key], key, minimum=1)
-        if cfg.get('seed') is not None:
-            validate.integer(cfg['seed'], 'seed', minimum=0)
-        name = args.name or '_' + os.path.splitext(os.path.basename(args.config))[0]
-        if args.tag:
-            name += '_' + args.tag
-        save_dir = os.path.join(args.save_root, name)
-        validate.output_folder(save_dir, '--save-root/--name', inputs=(args.config,))
-        workers = args.workers if args.workers is not None else min(8, max((os.cpu_count() or 1) - 1, 0))
-        seed = args.seed if args.seed is not None else int(cfg.get('seed', 0))
-        dd = setup_distributed(device)
-        fit(cfg, save_dir, dd, workers=workers, seed=seed, amp=args.amp, grad_clip=args.grad_clip,
-            resume=not args.no_resume, stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, ModelSpecError, CheckpointError, TrainingDiverged, RunFolderError, PeerFailed,
-            FileNotFoundError, ValueError, OSError) as e:
-        print(f'train.py: error: {validate.message(e)}', file=sys.stderr)   # one line, also from data workers
-        return 1
-    return 0
+    from engine.errors import run
+    return run(_main, argv, 'train.py')
 
 
 if __name__ == '__main__':

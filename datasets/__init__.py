@@ -11,9 +11,11 @@ Registered names (the published LIIF / LMF ones, plus IGConv's integer-scale wra
 ``sr-implicit-uniform-varied``, ``sr-integer-downsampled``. ``datasets.samplers.ScaleBatchSampler``
 forms single-scale batches for the latter. The IGConv repository's BasicSR datasets keep their published
 names and option keys (``datasets.paired``: ``FixedScalePairedImageDataset``,
-``FixedScaleDownsampleImageDataset``, ``RandomScaleDownsampleImageDataset``; disk or BasicSR lmdb folders).
+``FixedScaleDownsampleImageDataset``, ``RandomScaleDownsampleImageDataset``; disk or BasicSR lmdb folders). ``build_dataset(spec)`` builds a config's
+``{dataset, wrapper}`` entry (``datasets/build.py``).
 """
 from .registry import DatasetError, DatasetSpecError, get_dataset_class, list_datasets, make, register
 
 from . import image_folder, wrappers, paired  # noqa: E402,F401  (populate the registry)
 from .samplers import ScaleBatchSampler  # noqa: E402,F401
+from .build import build_dataset, check_data_norm, image_names  # noqa: E402,F401

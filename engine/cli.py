@@ -1,52 +1,28 @@
-"""The script layer shared by ``test.py``, ``demo.py``, ``train.py``, ``init_cmsr.py`` and ``scripts/*``.
+"""Command-line arguments shared by ``test.py``, ``demo.py``, ``train.py``, ``init_cmsr.py`` and ``scripts/*``.
 
-One place for what every entry point needs:
+Argument handling only (the inference session is ``engine/inference.py``, process groups
+``engine/distributed.py``, dataset building ``datasets/build.py``, the error policy ``engine/errors.py``):
 
 * **flags in both spellings**: ours (``--mse-threshold``) and the published LMF scripts'
   (``--mse_threshold``) name the same option; booleans are parsed for real (``parse_bool``:
   True/False/true/false/1/0/yes/no), so ``--fast False`` means off (published quirk B16 fixed);
-* **device policy** (``choose_device``): ``--device cpu|cuda|cuda:N|mps`` or the published ``--gpu N``
+* **the session's flags** (``add_session_args``, ``session_options``): ``--window``, ``--tile``,
+  ``--tile-overlap``, ``--scale-max`` / the published ``--scale_max``, ``--no-cell-clip``, and the CMSR table
+  (``add_cmsr_args``: ``--cmsr T.yaml`` or the published ``--cmsr True --cmsr_path T.yaml``);
+* **device flags** (``choose_device``): ``--device cpu|cuda|cuda:N|mps`` or the published ``--gpu N``
   (CUDA device N; where CUDA is absent one line says the run goes on on the CPU); default CUDA, else
-  MPS, else CPU; under ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (or the CPU);
-* **model loading** (``resolve_model_path``, ``load_model``): a bare file name such as
-  ``edsr-b_lm-liif.pth`` that does not exist in the working directory is looked up in
-  ``save/pretrained_models/`` and ``save/``; a checkpoint whose args carry a ``cmsr_spec`` does not turn
-  CMSR on (it is dropped with a one-line note: CMSR only on explicit flags);
-* **dataset construction** (``build_dataset``) from a ``{dataset, wrapper}`` spec, the configs' format;
-* **error reporting** (``run``): errors of the ValueError family (and checkpoint / file errors) become
-  one line ``<script>: error: <message>`` on stderr and exit status 1, never a traceback;
-* **evaluation sharding** (``Shard``, ``gather``): under ``torchrun`` each process takes every
-  ``world``-th image and rank 0 gathers the per-image rows.
-
-Conventions of the rest of the code base hold: images (B, 3, h, w) in [0, 1], models see
-``(x - 0.5) / 0.5``; coordinates are (row, col).
+  MPS, else CPU; under ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (or the CPU).
 """
 import argparse
 import os
-import sys
 
-#: Where a bare checkpoint name (no folder) is looked up when it is not in the working directory,
-#: relative to the working directory (the published README runs from the repository root).
-MODEL_SEARCH_DIRS = (os.path.join('save', 'pretrained_models'), 'save')
+from .errors import CLIError, note
 
 #: ``train.py --stop-after`` default when set: lets tests run a published training command verbatim and stop it.
 STOP_AFTER_ENV = 'ASSR_STOP_AFTER'
 
 TRUE_WORDS = ('true', '1', 'yes', 'on')
 FALSE_WORDS = ('false', '0', 'no', 'off')
-
-
-class CLIError(ValueError):
-    """A command-line value is wrong or flags contradict each other."""
-
-
-def script_name():
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'script'
-
-
-def note(message, script=None):
-    """One informational line on stderr, prefixed like errors (``test.py: note: ...``)."""
-    print(f'{script or script_name()}: note: {message}', file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,25 +98,58 @@ def cmsr_table_path(cmsr, cmsr_path):
     return cmsr
 
 
-def positive_float(text):
+def parse_window(text):
+    """``--window``: a number of LR pixels (0: no padding) or ``auto`` (the encoder's own window: 8 for SwinIR);
+    the range is checked with the other numbers (``utils.validate.cli_numbers``)."""
+    if text == 'auto':
+        return 'auto'
     try:
-        value = float(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}') from None
-    if not (value > 0 and value != float('inf')):
-        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}')
-    return value
+        raise argparse.ArgumentTypeError(f"--window must be a number of pixels or 'auto', got {text!r}") from None
+
+
+def parse_tile(text):
+    """``--tile``: 'auto', 0 (off) or a size in LR pixels (range checked by ``utils.validate.cli_numbers``)."""
+    if text == 'auto':
+        return 'auto'
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile must be 'auto', 0 (off) or a size in LR pixels, got {text!r}") \
+            from None
+
+
+def add_session_args(parser, window_default, tile_default=None):
+    """The rendering flags ``demo.py`` and ``test.py`` share (``session_options`` turns them into ``Session``
+    overrides). ``window_default``: 0 for the published evaluation script (``test.py``: its ``--window``
+    default), ``'auto'`` for ``demo.py`` (the encoder's window)."""
+    parser.add_argument('--window', type=parse_window, default=window_default, metavar='N|auto',
+                        help=f"pad inputs to a multiple of N LR pixels; 'auto': the encoder's own window (8 for "
+                             f"SwinIR encoders, else 0) (default: {window_default})")
+    parser.add_argument('--tile', type=parse_tile, default=tile_default, metavar='N|auto',
+                        help="encode inputs in tiles of N LR pixels (bounded memory); 'auto' tiles inputs above "
+                             "512x512 with CNN encoders, where tiling is exact; 0: off (default: "
+                             f"{tile_default or 0}). With SwinIR (window attention) tiled results are approximate")
+    parser.add_argument('--tile-overlap', type=int, default=None,
+                        help='LR pixels of context around each tile (default: exact for the encoder, e.g. 37 for '
+                             'EDSR-baseline models)')
+    parser.add_argument('--scale-max', '--scale_max', dest='max_train_scale', type=float, default=None,
+                        help="largest training scale: cells are clipped by max(scale / it, 1) (default: the "
+                             "checkpoint's training config, else the model's, 4)")
+    parser.add_argument('--no-cell-clip', action='store_true',
+                        help='do not clip cells (the LIIF repository protocol; clipping is the LTE/LMF default)')
+
+
+def session_options(args):
+    """``Session`` overrides from the flags of ``add_session_args``."""
+    return dict(window=args.window, tile=args.tile, tile_overlap=args.tile_overlap,
+                max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip)
 
 
 # ------------------------------------------------------------------------------------------------
 # devices
 # ------------------------------------------------------------------------------------------------
-def distributed_env():
-    """(rank, world, local_rank) from torchrun's environment (0, 1, 0 for a plain run)."""
-    return (int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)),
-            int(os.environ.get('LOCAL_RANK', 0)))
-
-
 def parse_gpus(gpu):
     try:
         ids = [int(g) for g in str(gpu).split(',') if g.strip() != '']
@@ -165,6 +174,8 @@ def choose_device(device=None, gpu=None, script=None):
     MPS, else CPU. Under torchrun a CUDA run takes ``cuda:LOCAL_RANK``.
     """
     import torch
+
+    from .distributed import distributed_env
     if device is not None and gpu is not None:
         raise CLIError(f'give --device or --gpu, not both (--device {device}, --gpu {gpu})')
     _, world, local_rank = distributed_env()
@@ -222,197 +233,3 @@ def torchrun_command(n, argv, script='train.py'):
     return f'torchrun --nproc_per_node {n} {script} ' + ' '.join(shlex.quote(a) for a in rest)
 
 
-# ------------------------------------------------------------------------------------------------
-# models
-# ------------------------------------------------------------------------------------------------
-def resolve_model_path(path):
-    """A checkpoint path as given, or a bare file name found in ``save/pretrained_models`` / ``save``.
-
-    The published README runs ``init_cmsr.py --model edsr-b_lm-liif.pth`` from the repository root,
-    where the file lies in ``save/pretrained_models/``.
-    """
-    if os.path.exists(path):
-        return path
-    if os.path.dirname(path) == '':
-        for folder in MODEL_SEARCH_DIRS:
-            candidate = os.path.join(folder, path)
-            if os.path.isfile(candidate):
-                return candidate
-        where = ', '.join(f'{d}/' for d in MODEL_SEARCH_DIRS)
-        raise CLIError(f'model file not found: {path} (looked in the working directory and in {where})')
-    raise CLIError(f'model file not found: {path}')
-
-
-def load_model(path, device='cpu', script=None):
-    """(model in eval mode on ``device``, checkpoint dict or None) for a checkpoint path or ``'bicubic'``.
-
-    A non-null ``cmsr_spec`` in the checkpoint's args (the published scripts stored it) is dropped with
-    one note: CMSR is switched on by ``--cmsr`` only.
-    """
-    import models
-    if path == 'bicubic':
-        return models.make({'name': 'bicubic'}).to(device).eval(), None
-    path = resolve_model_path(path)
-    ckpt = models.load_checkpoint(path, map_location='cpu')
-    args = ckpt['model'].get('args') or {}
-    if isinstance(args, dict) and args.get('cmsr_spec') is not None:
-        note(f'{path}: ignoring the cmsr_spec stored in the checkpoint; CMSR is used only with --cmsr', script)
-        ckpt = dict(ckpt, model=dict(ckpt['model'], args=dict(args, cmsr_spec=None)))
-    model = models.load_model(ckpt, map_location='cpu', where=path).to(device).eval()
-    return model, ckpt
-
-
-def checkpoint_max_scale(ckpt):
-    """Largest training scale recorded in a checkpoint's training config (``train_dataset.wrapper.args``
-    ``scale_max``, else the largest of ``scales`` for integer-scale training), or None."""
-    cfg = (ckpt or {}).get('config')
-    if not isinstance(cfg, dict):
-        return None
-    wrapper = ((cfg.get('train_dataset') or {}).get('wrapper') or {})
-    args = wrapper.get('args') or {}
-    value = args.get('scale_max', None)
-    if value is None and args.get('scales'):
-        value = max(args['scales'])
-    if value is None and wrapper.get('name', '').startswith('sr-implicit-downsampled'):
-        value = args.get('scale_min', 1)
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def max_train_scale(model, ckpt=None, override=None):
-    """The scale test-time cells are clipped at: ``override`` (``--scale_max`` / ``--trained_scale``), else
-    the checkpoint's training config, else the model's declared ``capabilities.max_train_scale``."""
-    value = override if override is not None else checkpoint_max_scale(ckpt)
-    if value is None:
-        return model.capabilities.max_train_scale
-    if not value > 0:
-        raise CLIError(f'--scale_max must be positive, got {value}')
-    return value
-
-
-# ------------------------------------------------------------------------------------------------
-# configs and datasets
-# ------------------------------------------------------------------------------------------------
-def check_data_norm(cfg, where='config'):
-    """Accept a config's ``data_norm`` only when it is the published (x - 0.5) / 0.5 every model uses."""
-    from utils.config import ConfigError
-    norm = cfg.get('data_norm')
-    if norm is None:
-        return
-    if not isinstance(norm, dict):
-        raise ConfigError(f'{where}: data_norm must be a mapping {{inp: {{sub, div}}, gt: {{sub, div}}}}')
-    for key in ('inp', 'gt'):
-        part = norm.get(key) or {}
-        try:
-            sub = [float(v) for v in part.get('sub', [0.5])]
-            div = [float(v) for v in part.get('div', [0.5])]
-        except (TypeError, ValueError, AttributeError):
-            raise ConfigError(f'{where}: data_norm.{key} must hold lists of numbers, got {part!r}') from None
-        if any(v != 0.5 for v in sub) or any(v != 0.5 for v in div):
-            raise ConfigError(f'{where}: data_norm.{key} = {part}: the models here use the published '
-                              f'normalisation (x - 0.5) / 0.5 only (sub [0.5], div [0.5])')
-
-
-def build_dataset(spec, where='config', seed=None):
-    """A dataset from ``{dataset: {...}, wrapper: {...}?}`` (the configs' format); ``seed`` is passed to
-    wrappers that take one (training)."""
-    import datasets
-    from utils.config import require
-    base = datasets.make(require(spec, 'dataset', where=where))
-    wrapper = spec.get('wrapper')
-    if not wrapper:
-        return base
-    extra = {'dataset': base}
-    if seed is not None:
-        extra['seed'] = seed
-    return datasets.make(wrapper, args=extra)
-
-
-def image_names(ds):
-    """File stems of the HR images behind a (wrapped) dataset, in order, or None."""
-    base = getattr(ds, 'dataset', ds)
-    folder = getattr(base, 'dataset_2', base)
-    files = getattr(folder, 'files', None)
-    if not files:
-        return None
-    return [os.path.splitext(os.path.basename(f))[0] for f in files] * getattr(folder, 'repeat', 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# sharded evaluation under torchrun
-# ------------------------------------------------------------------------------------------------
-class Shard:
-    """Every ``world``-th item of a dataset starting at ``rank``; ``indices`` maps back to the dataset."""
-
-    def __init__(self, dataset, rank, world):
-        self.dataset = dataset
-        self.indices = list(range(rank, len(dataset), world))
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
-def init_process_group(device):
-    """Start the torchrun process group (gloo on the CPU, nccl on CUDA) if there is more than one process."""
-    import torch.distributed as dist
-    _, world, _ = distributed_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if str(device).startswith('cuda') else 'gloo')
-    return world
-
-
-def gather(obj):
-    """All processes' ``obj`` as a list ordered by rank, on every process (``[obj]`` without torchrun)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# error reporting
-# ------------------------------------------------------------------------------------------------
-def expected_errors():
-    """Exception types that are the user's to fix: reported in one line, exit status 1."""
-    from models import CheckpointError
-    kinds = [ValueError, CheckpointError, OSError]
-    try:
-        from engine.training import TrainingDiverged
-        kinds.append(TrainingDiverged)
-    except ImportError:
-        pass
-    return tuple(kinds)
-
-
-def missing_requirements(error, script):
-    """Report an ImportError (e.g. a Python without torch) as one line ``<script>: error: <error> (install the
-    requirements: ...)`` on stderr; returns the exit status, 1. Scripts call it around their heavy imports."""
-    print(f'{script}: error: {error} (install the requirements: pip install -r requirements.txt)', file=sys.stderr)
-    return 1
-
-
-def run(main, argv=None, script=None):
-    """Call ``main(argv)``; report expected errors as ``<script>: error: ...`` and return 1."""
-    script = script or script_name()
-    try:
-        return main(argv) or 0
-    except KeyboardInterrupt:
-        print(f'{script}: interrupted', file=sys.stderr)
-        return 130
-    except ImportError as e:       # e.g. a Python without torch (checked before expected_errors imports it)
-        return missing_requirements(e, script)
-    except MemoryError as e:
-        print(f'{script}: error: out of memory ({e or "MemoryError"}); use --tile, a smaller --bsize or a smaller '
-              f'input/--size', file=sys.stderr)
-        return 1
-    except expected_errors() as e:
-        from utils.validate import message     # one line, also for errors re-raised from DataLoader workers
-        print(f'{script}: error: {message(e)}', file=sys.stderr)
-        return 1

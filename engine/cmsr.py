@@ -9,19 +9,23 @@ a *table set* maps target scales to tables::
     {8: {1: 0.33, 2: 0.38, 4: 0.56, 6: 0.6, 8: 1}, 12: {...}, ...}
 
 Tables are data passed to the CMSR strategy (``engine.render.CMSR``), never model state. Files written
-by ``init_cmsr.py`` record the model they were built for under the reserved key ``model``; loading them
-for another model kind is refused (files without it, like the published ones, are accepted).
+by ``init_cmsr.py`` record the model kind they were built for in a first-line YAML comment,
+``# model: lmliif``, which YAML parsers (the published ``test.py`` / ``init_cmsr.py`` included) ignore, so
+the published code reads them; loading them for another model kind is refused. Files without it (the
+published ones) are accepted for every LM model; files of earlier versions of this code base, which
+recorded it under a top-level ``model:`` key (a key the published parser cannot read), still load.
 
 Thresholds are in the units of the modulations themselves. ``build_table`` (used by ``init_cmsr.py``)
 measures errors in the models' normalised output space ([-1, 1]); an MSE threshold ``t`` there is
 ``t / 4`` in [0, 1] pixel units (2e-5 normalised = 5e-6 in [0, 1], i.e. about 53 dB PSNR).
 
-Rendering (``render``) follows the published algorithm with its edge cases fixed (docs/deviations.md, B11):
+Rendering (``render_levels``) follows the published algorithm with its edge cases fixed (docs/deviations.md, B11):
 batch > 1 is handled image by image, levels that select nothing are skipped, and the result is
 always resampled to the exact target grid. Coordinates are (row, col) in the (-1, 1) frame of the
 (padded) LR input; images are normalised ``(x - 0.5) / 0.5``.
 """
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,9 @@ from utils.io import atomic_write
 
 #: Decode scales a new table starts from (published ``init_cmsr.py``).
 INITIAL_SCALES = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-#: Reserved top-level key of a table file: the registered name of the model the tables were built for.
+#: First-line comment of a table file naming the model kind the tables were built for (``# model: lmliif``).
+MODEL_COMMENT = re.compile(r'#\s*model:\s*([\w.+-]+)')
+#: Top-level key of the same information in files of earlier versions (not readable by the published code).
 MODEL_KEY = 'model'
 
 
@@ -86,21 +92,34 @@ def validate_tables(tables, source='table', capabilities=None):
     return tables
 
 
+def recorded_model(path):
+    """The model kind a table file records in its first-line comment (``# model: NAME``), or None."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            first = f.readline().strip()
+    except OSError:
+        return None          # load_yaml reports a missing or unreadable file
+    m = MODEL_COMMENT.fullmatch(first)
+    return m.group(1) if m else None
+
+
 def load_tables(path, capabilities=None):
     """Read a Scale2Mod YAML file (ours or the shipped ``*_mse2e-5.yaml`` files) and validate it.
 
-    With a model's ``capabilities`` the file must not record another model (reserved key ``model``)
-    and its thresholds must fit the model's intensity range.
+    With a model's ``capabilities`` the file must not record another model kind (first-line comment
+    ``# model: NAME``, or the top-level ``model`` key of older files) and its thresholds must fit the
+    model's intensity range.
     """
     data = load_yaml(path, 'CMSR table file', CMSRError)
+    made_for = recorded_model(path)
     if isinstance(data, dict) and MODEL_KEY in data:
         data = dict(data)
         made_for = data.pop(MODEL_KEY)
         if not isinstance(made_for, str):
             raise CMSRError(f'{path}: {MODEL_KEY!r} must be a model name, got {made_for!r}')
-        if capabilities is not None and capabilities.name and made_for != capabilities.name:
-            raise CMSRError(f'{path}: tables were built for a {made_for} model, not for this {capabilities.name} '
-                            f'model; build tables for it with init_cmsr.py')
+    if made_for and capabilities is not None and capabilities.name and made_for != capabilities.name:
+        raise CMSRError(f'{path}: tables were built for a {made_for} model, not for this {capabilities.name} '
+                        f'model; build tables for it with init_cmsr.py')
     return validate_tables(data, str(path), capabilities)
 
 
@@ -109,12 +128,16 @@ def _key(k):
 
 
 def save_tables(path, tables, model_name=None):
-    """Write tables as YAML (keys sorted; 18.0 written as 18), atomically; ``model_name`` is recorded
-    under the reserved key ``model``."""
+    """Write tables as YAML (keys sorted; 18.0 written as 18), atomically. ``model_name`` is recorded in a
+    first-line comment (``# model: NAME``): the file stays a plain ``{target: {decode_scale: threshold}}``
+    mapping, which the published ``test.py`` / ``init_cmsr.py`` read."""
     validate_tables(tables, str(path))
-    data = {MODEL_KEY: model_name} if model_name else {}
-    data.update({_key(k): {_key(s): t for s, t in sorted(v.items())} for k, v in sorted(tables.items())})
+    if model_name and not MODEL_COMMENT.fullmatch(f'# model: {model_name}'):
+        raise CMSRError(f'model name {model_name!r} cannot be recorded in a table file')
+    data = {_key(k): {_key(s): t for s, t in sorted(v.items())} for k, v in sorted(tables.items())}
     with atomic_write(path, 'w') as f:
+        if model_name:
+            f.write(f'# model: {model_name}\n')
         yaml.safe_dump(data, f, sort_keys=False)
 
 
@@ -262,46 +285,7 @@ def _cells(n, qh, qw, factor, like):
 # ---------------------------------------------------------------------------------------------------
 # rendering
 # ---------------------------------------------------------------------------------------------------
-class RenderStats:
-    """What CMSR did, accumulated over renders.
-
-    ``fraction`` is the published 'Valid mask' ratio (renders weighted by (s / S)^2, over queries);
-    ``render_share`` (renders / queries) is the share of render-MLP evaluations the plain fast path
-    would do, and ``macs_saved`` the render-MLP MACs skipped (the per-LR-pixel latent MLP runs either
-    way), from the model's per-query MACs that ``render`` records.
-    """
-
-    def __init__(self):
-        self.rendered = 0.0
-        self.queries = 0
-        self.renders = 0
-        self.macs_per_query = 0
-
-    @property
-    def fraction(self):
-        return self.rendered / self.queries if self.queries else float('nan')
-
-    @property
-    def render_share(self):
-        return self.renders / self.queries if self.queries else float('nan')
-
-    @property
-    def macs_saved(self):
-        return (self.queries - self.renders) * self.macs_per_query
-
-    def add(self, n_selected, s, S):
-        self.rendered += n_selected / (S / s) ** 2
-        self.renders += n_selected
-
-    def summary(self):
-        """One line for scripts: rendered fraction, render-MLP share and GMACs saved."""
-        if not self.queries:
-            return 'CMSR not used (it applies beyond the training scale range only)'
-        return (f'CMSR rendered fraction {self.fraction:.4f}, render-MLP queries {self.render_share:.4f} of '
-                f'the plain path, {self.macs_saved / 1e9:.2f} GMACs saved')
-
-
-def render(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exact_grid=False,
+def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exact_grid=False,
            max_train_scale=4, macs_per_query=0):
     """CMSR rendering of one image.
 
@@ -313,7 +297,7 @@ def render(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exa
         tables: a validated table set.
         S: target scale (default ``sqrt(Q / (h w))``, the published value for a full grid).
         chunk: queries per ``query`` call.
-        stats: a ``RenderStats`` accumulating the rendered fraction.
+        stats: an ``engine.render.RenderStats`` accumulating the rendered fraction (``add``, ``queries``).
         exact_grid: render levels on exact pixel-centre grids (``make_coord``) instead of the published
             bilinearly resized LR-centre grid; a level at the target scale then renders exactly the
             plain fast path's points.
@@ -321,7 +305,7 @@ def render(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exa
     Returns (1, Q, 3).
     """
     if coord.shape[0] != 1 or inp.shape[0] != 1:
-        raise ValueError('cmsr.render takes one image; the engine loops over the batch')
+        raise ValueError('cmsr.render_levels takes one image; the engine loops over the batch')
     h, w = inp.shape[-2:]
     Q = coord.shape[1]
     S = math.sqrt(Q / (h * w)) if S is None else S

@@ -1,8 +1,11 @@
-"""Multi-process training under ``torchrun``: the process's place in the group, and agreement on errors.
+"""Several processes under ``torchrun``: the process's place in the group, process groups, agreement on
+errors (training) and sharded evaluation.
 
-``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` come from torchrun; with more than one process the group is
-initialised with NCCL on CUDA and gloo on CPU. ``agree`` makes an error on one rank stop every rank (the
-others would otherwise wait forever at the next collective).
+``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` come from torchrun (``distributed_env``); with more than one
+process the group is initialised with NCCL on CUDA and gloo on CPU. ``agree`` makes an error on one rank
+stop every rank (the others would otherwise wait forever at the next collective). Evaluation
+(``test.py``, ``init_cmsr.py``) shards images with ``Shard`` (every ``world``-th item) and gathers per-image
+results on every rank with ``gather``.
 """
 import os
 from dataclasses import dataclass
@@ -28,14 +31,18 @@ class Dist:
         return self.rank == 0
 
 
+def distributed_env():
+    """(rank, world, local_rank) from torchrun's environment (0, 1, 0 for a plain run)."""
+    return (int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)),
+            int(os.environ.get('LOCAL_RANK', 0)))
+
+
 def setup_distributed(device=None):
     """Read torchrun's environment; initialise the process group when there is more than one process.
 
     ``device``: 'cpu', 'cuda' or 'mps' (default: cuda when available, else cpu).
     """
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    rank = int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    rank, world, local_rank = distributed_env()
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda':
@@ -62,3 +69,35 @@ def agree(dd, error=None):
             raise PeerFailed('another training process failed (see its error)')
     if error is not None:
         raise error
+
+
+def init_process_group(device):
+    """Start the torchrun process group (gloo on the CPU, nccl on CUDA) if there is more than one process;
+    returns the number of processes."""
+    _, world, _ = distributed_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if str(device).startswith('cuda') else 'gloo')
+    return world
+
+
+def gather(obj):
+    """All processes' ``obj`` as a list ordered by rank, on every process (``[obj]`` without torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Shard:
+    """Every ``world``-th item of a dataset starting at ``rank``; ``indices`` maps back to the dataset."""
+
+    def __init__(self, dataset, rank, world):
+        self.dataset = dataset
+        self.indices = list(range(rank, len(dataset), world))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]

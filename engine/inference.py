@@ -1,14 +1,34 @@
-"""Upscaling an image to any size with any model, in bounded memory: the public entry point.
+"""Upscaling with a model: the inference session every entry point uses, over the rendering engine.
 
-``Upscaler(model, ...)(img, (H, W))`` returns the (B, 3, H, W) prediction in [0, 1] for an LR image
-(B, 3, h, w) in [0, 1]. It is a thin façade over the rendering engine (``engine/render.py``), which
-owns the query plan (window padding, coordinates, cell clipping, chunking) and the strategies (Dense,
-Tiled, CMSR); ``test.py``, ``demo.py``, ``init_cmsr.py`` and the scripts all come through here.
+* :class:`Session` is built once per run from a checkpoint path (or ``'bicubic'``, or a model object), the
+  device and the user's overrides. It owns the model (in eval mode on the device), its largest training
+  scale (``capabilities.max_train_scale``, which ``models.load_model`` takes from the checkpoint's training
+  config; ``--scale-max`` overrides it), the CMSR tables, the window padding, the tile policy and the
+  memory check of the actual query plan. ``demo.py``, ``test.py``, ``init_cmsr.py``, ``api.py``,
+  ``hubconf.py`` and ``scripts/export_onnx.py`` parse their flags, open a session and report.
+* :class:`Upscaler` binds a model to explicit render options (no policy, no defaults taken from a
+  checkpoint): the engine's building block for library code and benchmarks.
+
+Both return ``(B, 3, H, W)`` predictions in [0, 1] for LR images ``(B, 3, h, w)`` in [0, 1]; the rendering
+engine (``engine/render.py``) owns the query plan (window padding, coordinates, cell clipping, chunking)
+and the strategies (Dense, Tiled, CMSR).
 """
-from models.capabilities import Capabilities  # noqa: F401  (re-exported for callers' type hints)
+import os
+
+import torch
 
 from . import render as _render
+from .errors import CLIError, note
 from .render import denormalise, normalise, window_pad  # noqa: F401  (public helpers)
+
+#: Where a bare checkpoint name (no folder) is looked up when it is not in the working directory,
+#: relative to the working directory (the published README runs from the repository root).
+MODEL_SEARCH_DIRS = (os.path.join('save', 'pretrained_models'), 'save')
+#: ``tile='auto'``: inputs above this many LR pixels are encoded in tiles of ``AUTO_TILE`` (exact tiling only).
+AUTO_TILE_ABOVE = 512 * 512
+AUTO_TILE = 256
+#: Tile context when no overlap makes tiling exact (attention encoders).
+APPROXIMATE_OVERLAP = 16
 
 
 def exact_overlap(model):
@@ -16,16 +36,181 @@ def exact_overlap(model):
     return model.capabilities.exact_tile_overlap
 
 
+def resolve_model_path(path):
+    """A checkpoint path as given, or a bare file name found in ``save/pretrained_models`` / ``save``.
+
+    The published README runs ``init_cmsr.py --model edsr-b_lm-liif.pth`` from the repository root,
+    where the file lies in ``save/pretrained_models/``.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path):
+        return path
+    if os.path.dirname(path) == '':
+        for folder in MODEL_SEARCH_DIRS:
+            candidate = os.path.join(folder, path)
+            if os.path.isfile(candidate):
+                return candidate
+        where = ', '.join(f'{d}/' for d in MODEL_SEARCH_DIRS)
+        raise CLIError(f'model file not found: {path} (looked in the working directory and in {where})')
+    raise CLIError(f'model file not found: {path}')
+
+
+def load_model(path, device='cpu', script=None):
+    """A model in eval mode on ``device`` from a checkpoint path (a bare name is looked up as
+    ``resolve_model_path`` says) or ``'bicubic'``. The checkpoint's largest training scale is in the model's
+    ``capabilities`` (``models.load_model``). A non-null ``cmsr_spec`` in the checkpoint's args (the
+    published scripts stored it) is dropped with one note: CMSR is switched on by ``--cmsr`` only."""
+    import models
+    if path == 'bicubic':
+        return models.make({'name': 'bicubic'}).to(device).eval()
+    path = resolve_model_path(path)
+    ckpt = models.load_checkpoint(path, map_location='cpu')
+    args = ckpt['model'].get('args') or {}
+    if isinstance(args, dict) and args.get('cmsr_spec') is not None:
+        note(f'{path}: ignoring the cmsr_spec stored in the checkpoint; CMSR is used only with --cmsr', script)
+        ckpt = dict(ckpt, model=dict(ckpt['model'], args=dict(args, cmsr_spec=None)))
+    return models.load_model(ckpt, map_location='cpu', where=path).to(device).eval()
+
+
+def _non_negative_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'{what} must be a non-negative integer, got {value!r}')
+    return value
+
+
+class Session:
+    """One model, ready to upscale images the way every entry point does.
+
+    Args:
+        model: a registered SR model (moved to ``device``, eval mode).
+        device: where it runs (default: where the model's parameters are, else the CPU).
+        window: pad inputs to a multiple of this; None or 'auto': the encoder's own window
+            (``capabilities.window``: 8 for SwinIR, else 0). ``published_window`` pads like the published
+            LIIF/LTE/LMF test script (always 1..window pixels) instead of the minimal reflect padding.
+        tile: LR tile size, None/0 (whole image) or 'auto' (``AUTO_TILE`` for inputs above
+            ``AUTO_TILE_ABOVE`` LR pixels when tiling is exact for the model and CMSR is off).
+        tile_overlap: LR pixels of context around tiles (default: exact for the encoder, else 16).
+        chunk: queries per decoder call (default: the model's ``capabilities.chunk``).
+        clip_cells: test-time cell clipping by ``max(scale / max_train_scale, 1)``.
+        max_train_scale: overrides the model's largest training scale (``--scale-max``).
+        cmsr: a Scale2Mod table file (path) or a validated table set: LM models render scales beyond the
+            training range with CMSR; ``cmsr_exact_grid`` renders its levels on exact grids.
+
+    ``stats`` (``engine.render.RenderStats``) accumulates over calls.
+    """
+
+    def __init__(self, model, device=None, *, window=None, published_window=False, tile=None, tile_overlap=None,
+                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=False):
+        if device is None:
+            device = str(next(iter(model.parameters()), torch.empty(0)).device)
+        self.device = device
+        self.model = model.to(device).eval()
+        caps = self.model.capabilities
+        self.window = caps.window if window in (None, 'auto') else _non_negative_int(window, 'window')
+        self.published_window = bool(published_window)
+        self.tile = None if tile in (None, 0) else tile
+        if self.tile not in (None, 'auto'):
+            _render._positive_int(self.tile, 'tile')
+        self.tile_overlap = None if tile_overlap is None else _non_negative_int(tile_overlap, 'tile overlap')
+        self.chunk = chunk
+        self.clip_cells = bool(clip_cells)
+        self.max_train_scale = caps.max_train_scale if max_train_scale is None else max_train_scale
+        if not (isinstance(self.max_train_scale, (int, float)) and self.max_train_scale > 0):
+            raise ValueError(f'the largest training scale must be positive, got {self.max_train_scale!r}')
+        self.tables = self._tables(cmsr)
+        self.cmsr_exact_grid = bool(cmsr_exact_grid)
+        self.stats = _render.RenderStats()
+
+    @classmethod
+    def open(cls, source, device='cpu', script=None, **overrides):
+        """A session for ``source``: a checkpoint path (bare names looked up, see ``resolve_model_path``),
+        ``'bicubic'`` or a model object; ``overrides`` as the constructor's."""
+        if isinstance(source, torch.nn.Module):
+            return cls(source, device, **overrides)
+        return cls(load_model(source, device, script), device, **overrides)
+
+    def _tables(self, cmsr):
+        if cmsr is None:
+            return None
+        from . import cmsr as cmsr_lib
+        caps = self.model.capabilities
+        if not caps.modulated:
+            raise ValueError(f'--cmsr needs an LM model (lmliif, lmlte, lmciaosr); this is a '
+                             f'{caps.name or type(self.model).__name__} model')
+        if isinstance(cmsr, dict):
+            return cmsr_lib.validate_tables(cmsr, 'CMSR tables', caps)
+        return cmsr_lib.load_tables(cmsr, caps)
+
+    # ---- the plan of one request ----
+    def tile_for(self, lr_size):
+        """The tile size used for an input of ``lr_size`` (h, w), or None (whole image)."""
+        if self.tile != 'auto':
+            return self.tile
+        h, w = lr_size
+        exact = self.model.capabilities.kind != 'image' and exact_overlap(self.model) is not None
+        return AUTO_TILE if (h * w > AUTO_TILE_ABOVE and exact and self.tables is None) else None
+
+    def overlap_for(self, tile):
+        """Tile context of ``tile`` (None without tiling)."""
+        if tile is None:
+            return None
+        if self.tile_overlap is not None:
+            return self.tile_overlap
+        exact = exact_overlap(self.model)
+        return exact if exact is not None else APPROXIMATE_OVERLAP
+
+    def plan(self, lr_size, out_size):
+        """The engine's query plan of an upscaling (h, w) -> (H, W) (``engine.render.QueryPlan``)."""
+        return _render.QueryPlan.build(self.model.capabilities, lr_size, out_size, window=self.window,
+                                       published_window=self.published_window,
+                                       max_train_scale=self.max_train_scale, clip=self.clip_cells, chunk=self.chunk)
+
+    def check(self, lr_size, out_size, batch=1, bit_depth=8, available=None):
+        """Before any compute: refuse a target the model cannot produce, or one whose plan (its chunk, its
+        tiles) cannot fit in the device's memory (one line naming the option that helps; ``available``: bytes,
+        default what the device has free). Returns the memory estimate (``engine.memory.Estimate``)."""
+        from .memory import check as check_memory
+        _render.check_target(self.model.capabilities, lr_size, out_size)
+        plan = self.plan(lr_size, out_size)
+        tile = self.tile_for(lr_size)
+        return check_memory(self.model, lr_size, out_size, device=self.device, chunk=plan.chunk, tile=tile,
+                            tile_overlap=self.overlap_for(tile), batch=batch, bit_depth=bit_depth,
+                            available=available)
+
+    def __call__(self, img, size, progress=None):
+        """Upscale ``img`` (B, 3, h, w) in [0, 1] to ``size`` (H, W): (B, 3, H, W) in [0, 1] on the session's
+        device. ``progress``: a callable ``progress(n_done_queries)`` or None."""
+        H, W = size
+        if H < 1 or W < 1:
+            raise ValueError(f'output size must be positive, got {H}x{W}')
+        tile = self.tile_for(tuple(img.shape[-2:]))
+        out, _ = _render.render(self.model, img.to(self.device), (H, W), window=self.window,
+                                published_window=self.published_window, max_train_scale=self.max_train_scale,
+                                clip=self.clip_cells, chunk=self.chunk, tile=tile,
+                                tile_overlap=self.overlap_for(tile), cmsr_tables=self.tables,
+                                cmsr_exact_grid=self.cmsr_exact_grid, progress=progress, stats=self.stats)
+        return out
+
+    def pad(self, x):
+        """An LR batch padded as the plan pads it (``window``, ``published_window``)."""
+        return window_pad(x, self.window, self.published_window)
+
+    def describe(self):
+        """What the session resolved, for summaries: window, cell clipping scale (None: off), device."""
+        return {'window': self.window, 'cell_clip': self.max_train_scale if self.clip_cells else None,
+                'device': str(self.device)}
+
+
 class Upscaler:
-    """Callable that upscales (B, 3, h, w) images in [0, 1] to a requested size.
+    """Callable that upscales (B, 3, h, w) images in [0, 1] to a requested size with explicit options.
 
     Args:
         model: a registered model in eval mode (anything exposing ``capabilities``).
         bsize: queries per ``query`` call (default: the model's preferred chunk, ``capabilities.chunk``).
         tile: LR tile size (None: whole image); tile_overlap: LR pixels of context around each tile
             (default ``capabilities.exact_tile_overlap``, 16 when no overlap is exact).
-        window: pad the LR input to a multiple of this (SwinIR: 8); ``published_window`` pads like the
-            LIIF/LTE/LMF test script (always 1..window pixels).
+        window: pad the LR input to a multiple of this (default 0: none); ``published_window`` pads like
+            the LIIF/LTE/LMF test script (always 1..window pixels).
         clip_cells: test-time cell clipping by ``max(scale / max_train_scale, 1)``; ``max_train_scale``
             overrides the model's.
         cmsr_tables: a validated Scale2Mod table set (``engine.cmsr.load_tables``): LM models render
@@ -39,29 +224,24 @@ class Upscaler:
     def __init__(self, model, bsize=None, tile=None, tile_overlap=None, window=0, published_window=False,
                  clip_cells=True, progress=None, cmsr_tables=None, cmsr_exact_grid=False, max_train_scale=None):
         self.model = model
-        self.bsize = bsize
-        self.tile = tile
-        self.tile_overlap = tile_overlap
-        self.window = window or 0
-        self.published_window = published_window
-        self.clip_cells = clip_cells
-        self.max_train_scale = max_train_scale
-        self.cmsr_tables = cmsr_tables
-        self.cmsr_exact_grid = cmsr_exact_grid
-        self.progress = progress
+        self.options = dict(chunk=bsize, tile=tile, tile_overlap=tile_overlap, window=window or 0,
+                            published_window=published_window, clip=clip_cells, max_train_scale=max_train_scale,
+                            cmsr_tables=cmsr_tables, cmsr_exact_grid=cmsr_exact_grid, progress=progress)
         self.stats = _render.RenderStats()
-        caps = model.capabilities
         if tile is not None and tile_overlap is None:
-            self.tile_overlap = caps.exact_tile_overlap if caps.exact_tile_overlap is not None else 16
+            self.options['tile_overlap'] = exact_overlap(model) if exact_overlap(model) is not None \
+                else APPROXIMATE_OVERLAP
+        caps = model.capabilities
         if cmsr_tables is not None and not caps.modulated:
             raise ValueError(f'CMSR needs an LM model (lmliif, lmlte, ...); this is {caps.name or type(model).__name__}')
+
+    @property
+    def tile(self):
+        return self.options['tile']
 
     def __call__(self, img, size):
         H, W = size
         if H < 1 or W < 1:
             raise ValueError(f'output size must be positive, got {H}x{W}')
-        out, _ = _render.render(self.model, img, (H, W), window=self.window, published_window=self.published_window,
-                                max_train_scale=self.max_train_scale, clip=self.clip_cells, chunk=self.bsize,
-                                tile=self.tile, tile_overlap=self.tile_overlap, cmsr_tables=self.cmsr_tables,
-                                cmsr_exact_grid=self.cmsr_exact_grid, progress=self.progress, stats=self.stats)
+        out, _ = _render.render(self.model, img, (H, W), stats=self.stats, **self.options)
         return out

@@ -8,19 +8,19 @@ parts, all float32:
 * ``input``: the decoded LR image (file samples, float copy and normalised copy).
 * ``encoder``: the encoder's activations on the whole LR input (or on one tile with its overlap):
   ``4 x widest conv/linear channel count x pixels`` (a few feature maps alive at once) plus the input.
-* ``decoder``: one chunk of ``bsize`` queries: ``4 (LIIF-style ensemble) x sum of the decoder MLP
-  widths x bsize`` (implicit models); grid models render the whole output at once, so their
-  "chunk" is the widest upsampler layer over every output pixel.
+* ``decoder``: one chunk of queries, the chunk the query plan uses (``QueryPlan.chunk``: ``--bsize``, else
+  the model's ``capabilities.chunk``, e.g. 2^20 for LM models on accelerators): ``4 (LIIF-style ensemble)
+  x sum of the decoder MLP widths x chunk`` (implicit models); grid models render the whole output at
+  once, so their "chunk" is the widest upsampler layer over every output pixel.
 
 The numbers are deliberately rough upper bounds (x1.5 safety margin on the total); their purpose is to
 refuse ``--scale 1e6`` or a 100000x100000 ``--size`` in one line before allocating, not to predict
 the peak to the byte. ``check(...)`` compares the total with the free memory of the device
 (``MemAvailable`` of /proc/meminfo on the CPU, ``torch.cuda.mem_get_info`` on CUDA) and raises
 ``MemoryEstimateError`` naming the option that makes it fit (``--tile``, ``--bsize``, a smaller
-``--size``/``--scale``).
+``--size``/``--scale``). ``engine.inference.Session.check`` calls it with the plan it will render.
 """
 import dataclasses
-import os
 
 from utils.resources import available_memory  # noqa: F401  (re-exported: engine.memory.available_memory)
 
@@ -70,13 +70,19 @@ def _kind(model):
     return caps.kind
 
 
-def estimate(model, lr_size, out_size, bsize=None, tile=None, tile_overlap=None, batch=1, bit_depth=8,
+def plan_chunk(model, chunk=None):
+    """Queries per decoder call the query plan uses: ``chunk`` if given, else the model's preferred one."""
+    from .render import DEFAULT_CHUNK
+    return chunk or model.capabilities.chunk or DEFAULT_CHUNK
+
+
+def estimate(model, lr_size, out_size, chunk=None, tile=None, tile_overlap=None, batch=1, bit_depth=8,
              host_copy=True):
     """Estimate the bytes an upscale of (h, w) -> (H, W) needs; see the module docstring.
 
     Args:
         model: a torch module (None: only the output buffer is counted).
-        bsize: queries per decoder call (default 65536, as ``Upscaler``).
+        chunk: queries per decoder call (default: the plan's, ``plan_chunk``).
         tile, tile_overlap: LR tile size and context (None: whole image).
     """
     h, w = lr_size
@@ -97,7 +103,7 @@ def estimate(model, lr_size, out_size, bsize=None, tile=None, tile_overlap=None,
     encoder = enc_px * (4 * widest + 3) * 4
     kind = _kind(model)
     if kind == 'implicit':
-        q = min(bsize or 65536, out_px)
+        q = min(plan_chunk(model, chunk), out_px)
         decoder = q * 4 * max(linear, widest) * 4 + q * 2 * 2 * 4      # activations + coord/cell
     elif kind == 'grid':
         decoder = out_px * 2 * widest * 4 if not tile else \
@@ -108,13 +114,13 @@ def estimate(model, lr_size, out_size, bsize=None, tile=None, tile_overlap=None,
     return Estimate(int(output), int(encoder), int(decoder), int(inp))
 
 
-def check(model, lr_size, out_size, device='cpu', bsize=None, tile=None, tile_overlap=None, batch=1,
+def check(model, lr_size, out_size, device='cpu', chunk=None, tile=None, tile_overlap=None, batch=1,
           bit_depth=8, available=None, what='output'):
     """Raise ``MemoryEstimateError`` when the estimate exceeds the available memory of ``device``.
 
     The message names the part that dominates and the option that makes it fit. Returns the estimate.
     """
-    est = estimate(model, lr_size, out_size, bsize=bsize, tile=tile, tile_overlap=tile_overlap, batch=batch,
+    est = estimate(model, lr_size, out_size, chunk=chunk, tile=tile, tile_overlap=tile_overlap, batch=batch,
                    bit_depth=bit_depth)
     avail = available if available is not None else available_memory(device)
     if avail is None or est.total <= avail:
@@ -138,7 +144,7 @@ def check(model, lr_size, out_size, device='cpu', bsize=None, tile=None, tile_ov
         raise MemoryEstimateError(f'encoding the {h}x{w} input {need} ({gib(est.encoder)} for encoder activations); '
                                   f'use {hint}')
     room = max(budget - est.output - est.encoder - est.input, 0)
-    q = min(bsize or 65536, H * W * batch)
+    q = min(plan_chunk(model, chunk), H * W * batch)
     per_q = est.decoder / max(q, 1)
     fit = int(room / per_q) if per_q else 0
     hint = f'--bsize {fit}' if fit >= 1 else 'a smaller --size or --scale'

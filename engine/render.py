@@ -177,27 +177,54 @@ class QueryPlan:
 # ---------------------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------------------
-class RenderStats(cmsr_lib.RenderStats):
-    """What a render did: queries answered, ``query`` calls and their largest size, decoder MACs
-    (closed form, ``models.complexity``); CMSR adds its rendered fraction (``fraction``, the published
-    'Valid mask'), render-MLP share and MACs saved. Accumulates over calls."""
+class RenderStats:
+    """What renders did, accumulated over calls: queries answered, ``query`` calls and their largest size,
+    decoder MACs (closed form, ``models.complexity``), and with CMSR (``engine.cmsr.render_levels``):
+
+    * ``fraction``: the published 'Valid mask' ratio (renders weighted by (s / S)^2, over queries);
+    * ``render_share`` (renders / queries): the share of render-MLP evaluations the plain fast path would do;
+    * ``macs_saved``: the render-MLP MACs skipped (the per-LR-pixel latent MLP runs either way), from the
+      model's per-query MACs.
+    """
 
     def __init__(self):
-        super().__init__()
         self.query_calls = 0
         self.largest_call = 0
         self.queries_answered = 0
         self.macs = 0
         self.cmsr_used = False
+        self.rendered = 0.0            # CMSR: renders weighted by (s / S)^2
+        self.queries = 0               # CMSR: target queries of the images it rendered
+        self.renders = 0               # CMSR: render-MLP evaluations
+        self.macs_per_query = 0
 
     def record_call(self, n):
         self.query_calls += 1
         self.largest_call = max(self.largest_call, n)
 
+    def add(self, n_selected, s, S):
+        """CMSR: a level of decode scale ``s`` rendered ``n_selected`` points of a target of scale ``S``."""
+        self.rendered += n_selected / (S / s) ** 2
+        self.renders += n_selected
+
+    @property
+    def fraction(self):
+        return self.rendered / self.queries if self.queries else float('nan')
+
+    @property
+    def render_share(self):
+        return self.renders / self.queries if self.queries else float('nan')
+
+    @property
+    def macs_saved(self):
+        return (self.queries - self.renders) * self.macs_per_query
+
     def summary(self):
-        if not self.cmsr_used:
+        """One line for scripts: rendered fraction, render-MLP share and GMACs saved."""
+        if not (self.cmsr_used and self.queries):
             return 'CMSR not used (it applies beyond the training scale range only)'
-        return super().summary()
+        return (f'CMSR rendered fraction {self.fraction:.4f}, render-MLP queries {self.render_share:.4f} of '
+                f'the plain path, {self.macs_saved / 1e9:.2f} GMACs saved')
 
 
 def _macs(model, lr_size, n_queries):
@@ -230,7 +257,7 @@ def _frame_target(plan, lr_size, frame_size):
     """Target size of the padded frame of an ``lr_size`` region: (H hf / h, W wf / w), which must be
     integral (grid models render whole grids), else a ValueError."""
     (h, w), (H, W) = plan.lr_size, plan.out_size
-    (n, m), (hf, wf) = lr_size, frame_size
+    hf, wf = frame_size
     fh, fw = H * hf / h, W * wf / w
     if abs(fh - round(fh)) > 1e-9 or abs(fw - round(fw)) > 1e-9:
         raise ValueError(f'a whole-grid model cannot render {h}x{w} -> {H}x{W} with window padding to '
@@ -256,7 +283,7 @@ class Dense:
             check_target(model.capabilities, plan.lr_size, plan.out_size)
             xf = plan.frame(x)
             size = (H, W) if xf.shape[-2:] == x.shape[-2:] else _frame_target(plan, x.shape[-2:], xf.shape[-2:])
-            out = model.upscale_grid(xf, size)[:, :, :H, :W]
+            out = model.upscale_grid(xf, size, plan.cell(tuple(xf.shape[-2:])))[:, :, :H, :W]
         else:
             out = x.new_empty(B, 3, H, W)
             h, w = plan.lr_size
@@ -337,7 +364,7 @@ class Tiled:
             for c, d in self.tiles(w):
                 r0, c0 = max(a - ov, 0), max(c - ov, 0)
                 xt = plan.frame(x[:, :, r0:min(b + ov, h), c0:min(d + ov, w)])
-                y = model.upscale_grid(xt, (r * xt.shape[-2], r * xt.shape[-1]))
+                y = model.upscale_grid(xt, (r * xt.shape[-2], r * xt.shape[-1]), plan.cell(tuple(xt.shape[-2:])))
                 out[:, :, a * r:b * r, c * r:d * r] = \
                     y[:, :, (a - r0) * r:(b - r0) * r, (c - c0) * r:(d - c0) * r]
         if self.progress is not None:
@@ -384,7 +411,7 @@ class CMSR:
         for b in range(x.shape[0]):
             state = model.prepare(xf[b:b + 1], cell1)
             renders0 = stats.renders
-            pred = cmsr_lib.render(model, state, xf[b:b + 1], coord, self.tables, S, plan.chunk, stats,
+            pred = cmsr_lib.render_levels(model, state, xf[b:b + 1], coord, self.tables, S, plan.chunk, stats,
                                    self.exact_grid, plan.max_train_scale, per[1])
             stats.macs += per[0] * hf * wf + per[1] * (stats.renders - renders0)
             outs.append(pred.view(1, Hq, Wq, 3).permute(0, 3, 1, 2)[:, :, :H, :W])

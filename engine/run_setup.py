@@ -29,20 +29,17 @@ import datasets
 import models
 from models.budget import ModelSizeError, check_spec_size
 from models.checkpoint import load_checkpoint
+from datasets.build import build_dataset, check_data_norm
 from utils.config import ConfigError, require
 from utils.io import atomic_write
 from utils.untrusted import excerpt
 
-from .cli import build_dataset, check_data_norm
 from .components import WeightedLoss, _numbers, build_metric, build_optimizer, build_scheduler
 from .distributed import Dist, agree
+from .errors import TrainingDiverged
 from .run_folder import RunLock, clean_stale_temporaries, clear_divergence, marker_lr, read_divergence
 
 VAL_EPOCH = 0          # validation items are always drawn as in epoch 0: a fixed set
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, a validation prediction or metric, or the weights became NaN or infinite."""
 
 
 def derive_seed(*parts):

@@ -15,6 +15,8 @@ import torch
 from utils.config import ConfigError, load_yaml
 from utils.untrusted import excerpt
 
+from .state_dicts import CheckpointError, _load, _shape_mismatch, check_finite, strip_prefix
+
 PARAM_KEYS = ('params_ema', 'params')
 
 
@@ -35,7 +37,6 @@ def describe(ckpt):
 
 def read_options(path):
     """(arch, args, param_key or None) from a BasicSR option file's ``network_g`` (and ``path.param_key_g``)."""
-    from .checkpoint import CheckpointError
     try:
         opt = load_yaml(os.fspath(path), 'option file')
     except ConfigError as e:
@@ -51,7 +52,6 @@ def read_options(path):
 
 def resolve_arch(arch, args=None):
     """(registered name, args): published defaults for a bare name, overridden by ``args``."""
-    from .checkpoint import CheckpointError
     from .zoo import ALIASES, PUBLISHED_ARCHS, PUBLISHED_OPTIONS
     name = ALIASES.get(arch, arch)
     if name not in PUBLISHED_ARCHS:
@@ -63,7 +63,6 @@ def resolve_arch(arch, args=None):
 
 def pick_state_dict(ckpt, where, param_key=None):
     """The state dict of a BasicSR checkpoint: ``param_key`` if given, else params_ema, else params."""
-    from .checkpoint import CheckpointError
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{where}: not a BasicSR checkpoint: {describe(ckpt)}')
     keys = (param_key,) if param_key else PARAM_KEYS
@@ -82,7 +81,6 @@ def pick_state_dict(ckpt, where, param_key=None):
 def read_checkpoint(path, map_location='cpu'):
     """The dict a BasicSR ``.pth`` (or training ``.state``) file holds, read with ``weights_only=True``;
     a missing or unreadable file raises ``CheckpointError`` in one line."""
-    from .checkpoint import CheckpointError, _load
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
@@ -106,7 +104,6 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
         args: constructor arguments replacing the defaults (with ``arch``) or updating the option's.
     Returns the model; its ``spec`` (``{'name', 'args'}``) lets ``save_checkpoint`` write our format.
     """
-    from .checkpoint import CheckpointError, _shape_mismatch, check_finite, strip_prefix
     from .registry import ModelSpecError, make
     if arch is None and options is None:
         raise CheckpointError('a BasicSR checkpoint needs the architecture: pass arch=NAME or options=OPTION.yml')

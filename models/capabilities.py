@@ -13,8 +13,10 @@ says otherwise):
   ordered (row, col) in the (-1, 1) frame of the (possibly padded) LR input.
   ``modulated`` models (LM-*) also expose ``model.modulation_intensity(state) -> (B*h*w,)``, which is
   what CMSR needs.
-* ``'grid'`` (IGConv SR models, LTE-fast): ``model.upscale_grid(inp, size) -> (B, 3, H, W)`` renders a
-  whole target grid at once (integer scales only when ``integer_scales_only``).
+* ``'grid'`` (IGConv SR models, LTE-fast): ``model.upscale_grid(inp, size, cell) -> (B, 3, H, W)`` renders
+  a whole target grid at once (integer scales only when ``integer_scales_only``). ``cell`` (cy, cx) is the
+  cell of every target pixel in the units of ``inp``'s frame, clipped (or not) by the engine's plan: the
+  model never decides cell clipping (IGConv models, whose output depends on the scale only, ignore it).
 * ``'image'`` (the bicubic baseline): ``model.upscale_to(inp, size) -> (B, 3, H, W)`` directly.
 """
 import dataclasses
@@ -37,7 +39,8 @@ class Capabilities:
         decoder_reach: LR pixels a query reads beyond the pixel containing it (LIIF-style ensemble +
             3x3 unfold/convs: 3).
         max_train_scale: largest training scale; test-time cells are clipped by
-            ``max(scale / max_train_scale, 1)``.
+            ``max(scale / max_train_scale, 1)``. Models report their ``max_train_scale`` attribute, which
+            ``models.load_model`` sets from the checkpoint's training config when it has one.
         chunk: preferred number of queries per ``query`` call (None: the engine's default).
         modulated: LM model (exposes ``modulation_intensity``; CMSR can render it).
         input_range: 'normalised' ((x - 0.5) / 0.5, every LIIF-family model) or 'unit' ([0, 1]; the
@@ -51,6 +54,8 @@ class Capabilities:
         cmsr_build_skip: modulated models: whether CMSR table building renders with the model's LR
             skip. False for LM-CiaoSR (published ``init_cmsr``, docs/deviations.md, B1): the builder then sets
             ``state['lr_skip'] = False`` on the prepared state before rendering.
+        traceable: the model has a traceable form that ONNX export runs (implicit models:
+            ``traced_prepare`` / ``traced_query``; IGConv models: ``traced_upsample`` and ``instantiate``).
     """
     kind: str
     integer_scales_only: bool = False
@@ -66,6 +71,7 @@ class Capabilities:
     name: Optional[str] = None
     cmsr_build_skip: bool = True
     grid_queries: bool = False
+    traceable: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -19,66 +19,15 @@ import torch
 from utils.io import atomic_write
 from utils.untrusted import ContentError, check_tree, excerpt
 
+from .basicsr_checkpoint import describe, is_basicsr, load_basicsr
 from .budget import ModelSizeError, check_spec_size
 from .registry import ModelSpecError, make
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unsafe, corrupt or not in the expected format."""
-
-
-def _detail(error):
-    """The informative line of a torch.load error (it wraps the cause in several lines of advice)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        for marker in ('GLOBAL', 'Unsupported global', 'Unsupported operand'):
-            if marker in line:
-                return line.rstrip('.')
-    informative = [line for line in lines if not line.startswith(('Weights only load failed', 'Please file',
-                                                                  'Check the documentation'))]
-    return (informative or lines or [type(error).__name__])[0].rstrip('.')
-
+from .state_dicts import CheckpointError, _detail, _load, _shape_mismatch, check_finite, strip_prefix  # noqa: F401
 
 #: What ``torch.load`` raises on damaged or tampered files (a ``data.pkl`` naming missing records, bad
 #: offsets, truncated zip members, nesting bombs, ...).
 _UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError, TypeError,
                RecursionError, OverflowError, struct.error, zipfile.BadZipFile)
-
-
-def _load(path, map_location):
-    """``torch.load(weights_only=True)``, memory-mapped when the file allows it: tensors are not read (nor
-    allocated) before they are used, so a file declaring huge tensors cannot demand memory up front."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if 'mmap' not in str(e) and 'zipfile' not in str(e):      # legacy (non-zip) files cannot be mapped
-            raise
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def check_finite(sd, where):
-    """Refuse a state dict holding NaN or infinite values, naming the first such tensor."""
-    for key, value in sd.items():
-        if torch.is_tensor(value) and value.is_floating_point() and value.numel() \
-                and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            raise CheckpointError(f'{where}: weight {key!r} holds {bad} non-finite value(s) (NaN/inf) of '
-                                  f'{value.numel()}; the run that wrote it diverged; use an earlier checkpoint')
-
-
-def _shape_mismatch(model, sd):
-    """One line listing every missing, unexpected and differently shaped entry (None if they agree)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in own
-              if k in sd and torch.is_tensor(sd[k]) and tuple(sd[k].shape) != tuple(own[k].shape)]
-    parts = []
-    for label, items in (('missing', missing), ('unexpected', unexpected), ('shape (file vs model)', shapes)):
-        if items:
-            shown = ', '.join(items[:8]) + (f', ... ({len(items) - 8} more)' if len(items) > 8 else '')
-            parts.append(f'{len(items)} {label}: {shown}')
-    return '; '.join(parts) or None
 
 
 MAX_ARG = 1 << 16     # no layer width, depth or list entry in a checkpoint's args beyond this
@@ -148,7 +97,6 @@ def load_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: '
                               f'{_detail(e)[:200]})') from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
-        from .basicsr_checkpoint import describe, is_basicsr
         if is_basicsr(ckpt):
             raise CheckpointError(f'{path}: a BasicSR checkpoint ({describe(ckpt)}) does not name its architecture: '
                                   f'load it with models.load_model(path, arch=NAME or options=OPTION.yml), or '
@@ -162,18 +110,33 @@ def load_checkpoint(path, map_location='cpu'):
     return ckpt
 
 
+def training_scale(ckpt):
+    """Largest training scale recorded in a checkpoint's training config (``train_dataset.wrapper.args``
+    ``scale_max``, else the largest of ``scales`` for integer-scale training, else ``scale_min`` of a
+    fixed-scale ``sr-implicit-downsampled`` wrapper), or None when the checkpoint has no such config."""
+    cfg = (ckpt or {}).get('config')
+    if not isinstance(cfg, dict):
+        return None
+    wrapper = ((cfg.get('train_dataset') or {}).get('wrapper') or {})
+    args = wrapper.get('args') or {}
+    value = args.get('scale_max', None)
+    if value is None and args.get('scales'):
+        value = max(args['scales'])
+    if value is None and wrapper.get('name', '').startswith('sr-implicit-downsampled'):
+        value = args.get('scale_min', 1)
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and value > 0 else None
+
+
 def model_spec(model_or_spec, sd=None):
     """A spec ``{'name', 'args', 'sd'}`` for saving (``sd`` taken from the model when not given)."""
     spec = dict(model_or_spec.spec if hasattr(model_or_spec, 'spec') else model_or_spec)
     if sd is not None:
         spec['sd'] = sd
     return spec
-
-
-def strip_prefix(sd, prefix='module.'):
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
 
 
 def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options=None, args=None, where=None):
@@ -187,13 +150,16 @@ def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options
     arguments; ``args`` replaces them) or ``options='option.yml'`` (its ``network_g``; ``args`` updates it):
     see ``models/basicsr_checkpoint.py``.
 
+    The largest training scale of the checkpoint's training config (:func:`training_scale`), when it has
+    one, becomes the model's ``max_train_scale``, which its ``capabilities`` report (cell clipping and CMSR
+    read it there); without one the model's default stays (4, or the published architecture's ``max_s``).
+
     Refused with a one-line ``CheckpointError`` (naming ``where``, default the path): wrong types in
     ``name``/``args`` (the entry named), implausibly large sizes in ``args`` (before anything is built),
     non-finite weights (the tensor named), weights that do not fit (every missing / unexpected /
     mis-shaped entry listed, not cut).
     """
     if arch is not None or options is not None:
-        from .basicsr_checkpoint import load_basicsr
         return load_basicsr(path_or_ckpt, arch=arch, options=options, args=args, map_location=map_location,
                             strict=strict)
     if args is not None:
@@ -225,6 +191,9 @@ def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options
             pass
         raise CheckpointError(f'{where}: weights do not fit model {spec["name"]!r} with these args: '
                               f'{detail or " ".join(str(e).split())[:2000]}') from None
+    scale = training_scale(ckpt)
+    if scale is not None:
+        model.max_train_scale = scale      # declared by every SR model; read by its ``capabilities``
     return model.to(map_location).eval()
 
 

@@ -37,7 +37,6 @@ try:
     from models.complexity import decoder_macs  # noqa: E402
     from utils import validate  # noqa: E402
     from utils.config import load_config  # noqa: E402
-    from utils.coords import grid_query  # noqa: E402
     from utils.io import atomic_write  # noqa: E402
 except ImportError as _e:      # e.g. a Python without torch: one line, not a traceback
     sys.exit(f'benchmark.py: error: {_e} (install the requirements: pip install -r requirements.txt)')
@@ -100,79 +99,72 @@ def subpixel_model(scale):
     return models.make({'name': 'edsr-baseline', 'args': {'scale': scale}})
 
 
-def measure(name, model, kind, scale, lr, args, device, previous):
-    h, w = lr
-    H, W = h * scale, w * scale
-    row = Row(model=name, scale=scale, input=f'{w}x{h}', output=f'{W}x{H}')
-    inp = torch.randn(1, 3, h, w, device=device)
-    if kind == 'subpixel':
-        if scale not in (2, 3, 4, 8):
-            row['note'] = 'sub-pixel tail exists for x2, x3, x4, x8 only'
-            return row
-        model = subpixel_model(scale).to(device).eval()
-        encoder = models.make({'name': 'edsr-baseline', 'args': {'no_upsampling': True}}).to(device).eval()
-        row['enc_params'] = n_params(encoder)
-        row['dec_params'] = n_params(model) - n_params(encoder)
-        meta = subpixel_model(scale).to('meta')
-        minp = torch.empty(1, 3, h, w, device='meta')
-        row['enc_gmacs'] = count_macs(lambda: meta.body(meta.head(minp))) / 1e9
-        row['dec_gmacs'] = count_macs(lambda: meta(minp)) / 1e9 - row['enc_gmacs']
-        full, enc = (lambda: model(inp)), (lambda: encoder(inp))
-        feat = encoder(inp).detach()
-        dec = lambda: model.tail(feat)  # noqa: E731
-    else:
-        model = model.to(device).eval()
-        row['enc_params'] = n_params(model.encoder)
-        row['dec_params'] = n_params(model) - row['enc_params']
-        if kind == 'grid':
-            folded = model.instantiate(scale).to(device).eval()
-            row['dec_params'] = n_params(folded) - row['enc_params']
-            meta = models.make(model.spec).to('meta').instantiate(scale)
-            minp = torch.empty(1, 3, h, w, device='meta')
-            row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
-            row['dec_gmacs'] = count_macs(lambda: meta(minp, scale)) / 1e9 - row['enc_gmacs']
-            full = lambda: folded(inp, scale)  # noqa: E731
-            with torch.no_grad():
-                feat = model.encoder(inp)
+def _subpixel_case(row, scale, inp, device):
+    """(full, enc, dec) callables of the EDSR-baseline sub-pixel tail at ``scale``; fills params and GMACs."""
+    h, w = inp.shape[-2:]
+    model = subpixel_model(scale).to(device).eval()
+    encoder = models.make({'name': 'edsr-baseline', 'args': {'no_upsampling': True}}).to(device).eval()
+    row['enc_params'] = n_params(encoder)
+    row['dec_params'] = n_params(model) - n_params(encoder)
+    meta = subpixel_model(scale).to('meta')
+    minp = torch.empty(1, 3, h, w, device='meta')
+    row['enc_gmacs'] = count_macs(lambda: meta.body(meta.head(minp))) / 1e9
+    row['dec_gmacs'] = count_macs(lambda: meta(minp)) / 1e9 - row['enc_gmacs']
+    feat = encoder(inp).detach()
+    return (lambda: model(inp)), (lambda: encoder(inp)), (lambda: model.tail(feat))
 
-            def dec():
-                out = folded.upsampler(feat)
-                return out if folded.skip is None else out + folded.skip(inp, feat)
-        else:
-            from engine.inference import Upscaler
-            coord, cell = grid_query((h, w), (H, W), device=device)
-            closed = decoder_macs(model, (h, w), (H, W))
-            whole_grid = model.capabilities.kind == 'grid'     # LTE-fast: renders whole target grids
-            if whole_grid:
-                per_lr, per_hr = model.decoder_macs()
-                closed = per_lr * h * w + per_hr * H * W
-            row['closed_gmacs'] = None if closed is None else closed / 1e9
-            tables = CMSR_TABLES.get(name)
-            # the engine's path, as demo.py / test.py run it (the model's chunking, grid queries, CMSR)
-            up = Upscaler(model, bsize=args.bsize, cmsr_tables=tables)
-            img = inp.clamp(-1, 1) * 0.5 + 0.5
-            row['chunk'] = args.bsize or model.capabilities.chunk
-            if tables is None:   # counted on the meta device through the model's general query path
-                meta = models.make(model.spec).to('meta').eval()
-                minp = torch.empty(1, 3, h, w, device='meta')
-                mc, mcell = torch.empty(1, H * W, 2, device='meta'), torch.empty(1, H * W, 2, device='meta')
-                row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
-                dec_fn = (lambda: meta.upscale_grid(minp, (H, W))) if whole_grid else (lambda: meta(minp, mc, mcell))
-                row['dec_gmacs'] = count_macs(dec_fn) / 1e9 - row['enc_gmacs']
-            else:   # data-dependent: count on the real run
-                row['enc_gmacs'] = count_macs(lambda: model.encoder(inp)) / 1e9
-                row['dec_gmacs'] = count_macs(lambda: up(img, (H, W))) / 1e9 - row['enc_gmacs']
-                row['rendered_fraction'] = up.stats.fraction
-            full = lambda: up(img, (H, W))  # noqa: E731
-            dec = None      # the published convention: whole upscaling minus encoder forward
-        enc = lambda: model.encoder(inp)  # noqa: E731
-    # latency, unless the previous scale predicts it would take too long
-    if previous is not None and previous.get('total_s') is not None:
-        est = previous['total_s'] * (H * W) / previous['_q']
-        if est > args.max_seconds:
-            row['note'] = f'not timed (estimated {est:.0f} s > --max-seconds {args.max_seconds:g})'
-            row['_q'] = H * W
-            return row
+
+def _igconv_case(row, model, scale, inp, device):
+    """(full, enc, dec) of an IGConv model folded at ``scale`` (its deployment form)."""
+    h, w = inp.shape[-2:]
+    folded = model.instantiate(scale).to(device).eval()
+    row['dec_params'] = n_params(folded) - row['enc_params']
+    meta = models.make(model.spec).to('meta').instantiate(scale)
+    minp = torch.empty(1, 3, h, w, device='meta')
+    row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
+    row['dec_gmacs'] = count_macs(lambda: meta(minp, scale)) / 1e9 - row['enc_gmacs']
+    with torch.no_grad():
+        feat = model.encoder(inp)
+
+    def dec():
+        out = folded.upsampler(feat)
+        return out if folded.skip is None else out + folded.skip(inp, feat)
+    return (lambda: folded(inp, scale)), (lambda: model.encoder(inp)), dec
+
+
+def _engine_case(row, name, model, scale, inp, args):
+    """(full, enc, None) of an implicit (or whole-grid) model through the engine, as demo.py / test.py run it
+    (the model's chunking, grid queries, CMSR); the decoder is the whole upscaling minus the encoder."""
+    from engine.inference import Upscaler
+    h, w = inp.shape[-2:]
+    H, W = h * scale, w * scale
+    closed = decoder_macs(model, (h, w), (H, W))
+    whole_grid = model.capabilities.kind == 'grid'     # LTE-fast: renders whole target grids
+    if whole_grid:
+        per_lr, per_hr = model.decoder_macs()
+        closed = per_lr * h * w + per_hr * H * W
+    row['closed_gmacs'] = None if closed is None else closed / 1e9
+    tables = CMSR_TABLES.get(name)
+    up = Upscaler(model, bsize=args.bsize, cmsr_tables=tables)
+    img = inp.clamp(-1, 1) * 0.5 + 0.5
+    row['chunk'] = args.bsize or model.capabilities.chunk
+    if tables is None:   # counted on the meta device through the model's general query path
+        meta = models.make(model.spec).to('meta').eval()
+        minp = torch.empty(1, 3, h, w, device='meta')
+        mc, mcell = torch.empty(1, H * W, 2, device='meta'), torch.empty(1, H * W, 2, device='meta')
+        row['enc_gmacs'] = count_macs(lambda: meta.encoder(minp)) / 1e9
+        dec_fn = (lambda: meta.upscale_grid(minp, (H, W), (2 / H, 2 / W))) if whole_grid \
+            else (lambda: meta(minp, mc, mcell))
+        row['dec_gmacs'] = count_macs(dec_fn) / 1e9 - row['enc_gmacs']
+    else:   # data-dependent: count on the real run
+        row['enc_gmacs'] = count_macs(lambda: model.encoder(inp)) / 1e9
+        row['dec_gmacs'] = count_macs(lambda: up(img, (H, W))) / 1e9 - row['enc_gmacs']
+        row['rendered_fraction'] = up.stats.fraction
+    return (lambda: up(img, (H, W))), (lambda: model.encoder(inp)), None
+
+
+def _time_row(row, full, enc, dec, args, device):
+    """Encoder, whole and decoder medians, the decoder rate and the peak memory, into ``row``."""
     row['enc_s'] = time_fn(enc, device, args.repeats, args.warmup)
     row['total_s'] = time_fn(full, device, args.repeats, args.warmup)
     if dec is not None:   # upsampler tails: timed directly on the encoder's features
@@ -185,7 +177,34 @@ def measure(name, model, kind, scale, lr, args, device, previous):
         row['dec_gmac_per_s'] = row['dec_gmacs'] / row['dec_s']
     mem = peak_memory(full, device)
     row['peak_mb'] = None if mem is None else mem / 2 ** 20
+
+
+def measure(name, model, kind, scale, lr, args, device, previous):
+    h, w = lr
+    H, W = h * scale, w * scale
+    row = Row(model=name, scale=scale, input=f'{w}x{h}', output=f'{W}x{H}')
+    inp = torch.randn(1, 3, h, w, device=device)
+    if kind == 'subpixel':
+        if scale not in (2, 3, 4, 8):
+            row['note'] = 'sub-pixel tail exists for x2, x3, x4, x8 only'
+            return row
+        full, enc, dec = _subpixel_case(row, scale, inp, device)
+    else:
+        model = model.to(device).eval()
+        row['enc_params'] = n_params(model.encoder)
+        row['dec_params'] = n_params(model) - row['enc_params']
+        if kind == 'grid':
+            full, enc, dec = _igconv_case(row, model, scale, inp, device)
+        else:
+            full, enc, dec = _engine_case(row, name, model, scale, inp, args)
     row['_q'] = H * W
+    # latency, unless the previous scale predicts it would take too long
+    if previous is not None and previous.get('total_s') is not None:
+        est = previous['total_s'] * (H * W) / previous['_q']
+        if est > args.max_seconds:
+            row['note'] = f'not timed (estimated {est:.0f} s > --max-seconds {args.max_seconds:g})'
+            return row
+    _time_row(row, full, enc, dec, args, device)
     return row
 
 
@@ -342,7 +361,7 @@ def plot(rows, path, title):
     return True
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--input', default='320x180', help='LR input WIDTHxHEIGHT (default 320x180, as the LMF figure)')
     p.add_argument('--scales', default='2,4,8,12,30', help='comma-separated integer scales')
@@ -369,38 +388,36 @@ def main(argv=None):
     p.add_argument('--demo', action='store_true',
                    help="also run demo.py --scale S (bundled LM-LIIF, --lmliif-checkpoint) on an image of the --input "
                         "size and report the seconds it spends in the model next to the lmliif row's enc + dec")
-    args = p.parse_args(argv)
-    try:               # every option checked before any compute or write
-        h, w = validate.size_text(args.input, '--input', order='WxH')
-        scales = validate.scales_list(args.scales, '--scales', integers=True, minimum=2)
-        validate.cli_numbers(args, 'benchmark.py')
-        from engine import cli
-        device = cli.choose_device(args.device, None, 'benchmark.py')
-        names = [n.strip() for n in args.models.split(',')]
-        known = set(CONFIGS) | set(GRID_MODELS) | {'subpixel'}
-        cmsr_rows = {f'{b}+cmsr' for b in CONFIGS if f'--{b}-checkpoint' in p._option_string_actions}
-        unknown = [n for n in names if n not in known and n not in cmsr_rows]
-        if unknown:
-            raise validate.InputError(f'--models: unknown row(s) {", ".join(map(repr, unknown))}; '
-                                      f'known: {DEFAULT_MODELS}')
-        for n in names:           # the trained rows' files, read now rather than after the first rows ran
-            base = n.split('+cmsr')[0]
-            if n in cmsr_rows:
-                ckpt, table = getattr(args, f'{base}_checkpoint'), getattr(args, f'{base}_cmsr')
-                if ckpt and os.path.exists(ckpt) and table and os.path.exists(table):
-                    from engine import cmsr
-                    model = models.load_model(ckpt)
-                    cmsr.load_tables(table, model.capabilities)
-        out = args.out or os.path.join(ROOT, 'outputs', 'benchmark', f'{torch.device(device).type}_{args.input}')
-        validate.output_folder(out, '--out')
-    except (ValueError, models.CheckpointError) as e:
-        print(f'benchmark.py: error: {e}', file=sys.stderr)
-        return 1
-    os.makedirs(out, exist_ok=True)
-    device_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
-    torch.manual_seed(0)
-    rate = matmul_rate(device)
-    print(f'matrix-product rate: {rate:.1f} GMAC/s ({device_name})', flush=True)
+    return p
+
+
+def check_options(args, parser):
+    """Every option checked before any compute or write: ((h, w), scales, device, output folder)."""
+    h, w = validate.size_text(args.input, '--input', order='WxH')
+    scales = validate.scales_list(args.scales, '--scales', integers=True, minimum=2)
+    validate.cli_numbers(args, 'benchmark.py')
+    from engine import cli
+    device = cli.choose_device(args.device, None, 'benchmark.py')
+    names = [n.strip() for n in args.models.split(',')]
+    known = set(CONFIGS) | set(GRID_MODELS) | {'subpixel'}
+    cmsr_rows = {f'{b}+cmsr' for b in CONFIGS if f'--{b}-checkpoint' in parser._option_string_actions}
+    unknown = [n for n in names if n not in known and n not in cmsr_rows]
+    if unknown:
+        raise validate.InputError(f'--models: unknown row(s) {", ".join(map(repr, unknown))}; known: {DEFAULT_MODELS}')
+    for n in names:           # the trained rows' files, read now rather than after the first rows ran
+        base = n.split('+cmsr')[0]
+        if n in cmsr_rows:
+            ckpt, table = getattr(args, f'{base}_checkpoint'), getattr(args, f'{base}_cmsr')
+            if ckpt and os.path.exists(ckpt) and table and os.path.exists(table):
+                from engine import cmsr
+                cmsr.load_tables(table, models.load_model(ckpt).capabilities)
+    out = args.out or os.path.join(ROOT, 'outputs', 'benchmark', f'{torch.device(device).type}_{args.input}')
+    validate.output_folder(out, '--out')
+    return (h, w), scales, device, out
+
+
+def run_rows(args, lr, scales, device):
+    """The benchmark rows of every model and scale (plus the ONNX rows with ``--onnx``)."""
     rows = []
     for name in args.models.split(','):
         model, kind = build(name.strip(), args)
@@ -412,7 +429,7 @@ def main(argv=None):
         previous = None
         for s in scales:
             t = time.perf_counter()
-            row = measure(name, model, kind, s, (h, w), args, device, previous)
+            row = measure(name, model, kind, s, lr, args, device, previous)
             if row.get('total_s') is not None:
                 previous = row
             rows.append(row)
@@ -420,15 +437,13 @@ def main(argv=None):
                   f"{row.get('note', '')} ({time.perf_counter() - t:.0f}s)", flush=True)
             if args.onnx and kind != 'subpixel' and not name.endswith('+cmsr'):
                 from engine.export import benchmark_row
-                orow = benchmark_row(name, model, s, (h, w), args.repeats, args.warmup)
+                orow = benchmark_row(name, model, s, lr, args.repeats, args.warmup)
                 rows.append(orow)
                 print(f"{orow['model']:>12s} x{s:<3d} {orow['note']}", flush=True)
-    demo_rows = demo_check(args, scales, rows, device) if args.demo else ()
-    for s, demo_s, bench_s in demo_rows:
-        print(f'demo.py --scale {s}: model {demo_s:.3f} s vs benchmark enc + dec {bench_s:.3f} s', flush=True)
-    golden = golden_check(args)
-    text = markdown(rows, args, rate, golden, device_name, demo_rows)
-    print('\n' + text)
+    return rows
+
+
+def write_outputs(out, text, rows, lr, device_name):
     with atomic_write(os.path.join(out, 'benchmark.md'), 'w') as f:
         f.write(text)
     keys = ['model', 'scale', 'input', 'output', 'enc_params', 'dec_params', 'enc_gmacs', 'dec_gmacs', 'closed_gmacs',
@@ -437,8 +452,31 @@ def main(argv=None):
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
+    h, w = lr
     if plot(rows, os.path.join(out, 'efficiency.png'), f'Decoder cost vs scale, {w}x{h} input ({device_name})'):
         print(f'wrote {out}/benchmark.md, benchmark.csv, efficiency.png')
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        lr, scales, device, out = check_options(args, parser)
+    except (ValueError, models.CheckpointError) as e:
+        print(f'benchmark.py: error: {e}', file=sys.stderr)
+        return 1
+    os.makedirs(out, exist_ok=True)
+    device_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
+    torch.manual_seed(0)
+    rate = matmul_rate(device)
+    print(f'matrix-product rate: {rate:.1f} GMAC/s ({device_name})', flush=True)
+    rows = run_rows(args, lr, scales, device)
+    demo_rows = demo_check(args, scales, rows, device) if args.demo else ()
+    for s, demo_s, bench_s in demo_rows:
+        print(f'demo.py --scale {s}: model {demo_s:.3f} s vs benchmark enc + dec {bench_s:.3f} s', flush=True)
+    text = markdown(rows, args, rate, golden_check(args), device_name, demo_rows)
+    print('\n' + text)
+    write_outputs(out, text, rows, lr, device_name)
     return 0
 
 

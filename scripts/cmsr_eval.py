@@ -43,12 +43,12 @@ def evaluate(model, data, scale, tables, repeats):
 
 
 def main(argv=None):
-    from engine import cli
-    return cli.run(_main, argv, 'cmsr_eval.py')
+    from engine.errors import run
+    return run(_main, argv, 'cmsr_eval.py')
 
 
 def _main(argv=None):
-    from engine import cli
+    from engine.inference import load_model
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='LM checkpoint (a bare name is looked up in save/pretrained_models/)')
     p.add_argument('--cmsr', required=True, help='Scale2Mod table YAML')
@@ -57,7 +57,7 @@ def _main(argv=None):
     p.add_argument('--scales', default='8,12')
     p.add_argument('--repeats', type=int, default=3)
     args = p.parse_args(argv)
-    model, _ = cli.load_model(args.model, 'cpu', 'cmsr_eval.py')
+    model = load_model(args.model, 'cpu', 'cmsr_eval.py')
     from engine import cmsr
     tables = cmsr.load_tables(args.cmsr, model.capabilities)
     print('| set | scale | PSNR (dB) | PSNR with CMSR | rendered fraction | render-MLP queries | decoder s '

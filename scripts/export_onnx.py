@@ -70,7 +70,7 @@ def build_parser():
     p.add_argument('--form', choices=('fixed', 'arbitrary'), default='fixed', help='graph form (default: fixed)')
     p.add_argument('--scale', help="fixed form: the scale, '4', '3.5' or rows,cols '3,2'")
     p.add_argument('--opset', type=int, default=17, help='ONNX opset, >= 17 (default 17)')
-    p.add_argument('--scale-max', '--scale_max', dest='scale_max', type=float, default=None,
+    p.add_argument('--scale-max', '--scale_max', dest='max_train_scale', type=float, default=None,
                    help="largest training scale for cell clipping (default: the checkpoint's, else the model's)")
     p.add_argument('--check-sizes', default='24x20,13x17,31x9',
                    help='LR sizes HxW the export is checked on (default: 24x20,13x17,31x9; the export itself '
@@ -82,54 +82,39 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from utils.validate import InputError, input_file, output_file
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise InputError(f'{e}; install the requirements (pip install -r requirements.txt: onnx, onnxruntime)') \
-            from None
-    import torch
-    from engine import cli, export
+def check_args(args):
+    """The numbers and the form's options, before anything is loaded: (fixed-form scale or None, sizes)."""
+    from engine import export
+    from utils.validate import InputError, cli_numbers
     if args.opset < 17:
         raise InputError(f'--opset must be >= 17, got {args.opset}')
     if not (args.tol > 0):
         raise InputError(f'--tol must be positive, got {args.tol}')
-    if args.scale_max is not None and not (args.scale_max > 0):
-        raise InputError(f'--scale-max must be positive, got {args.scale_max}')
+    cli_numbers(args, SCRIPT, {'max_train_scale': '--scale-max'})
     if args.form == 'fixed' and args.scale is None:
         raise InputError('--form fixed needs --scale')
     if args.form == 'arbitrary' and args.scale is not None:
         raise InputError('--scale is for --form fixed; the arbitrary form takes the scale at run time')
-    scale = export.parse_export_scale(args.scale) if args.form == 'fixed' else None
-    sizes = parse_sizes(args.check_sizes)
     if args.form == 'fixed' and args.check_scales is not None:
         raise InputError('--check-scales is for --form arbitrary (the fixed form is checked at --scale)')
-    path = cli.resolve_model_path(args.model)
-    input_file(path, '--model')
-    output_file(args.output, '--output', inputs=(path,), extensions=('.onnx',))
+    scale = export.parse_export_scale(args.scale) if args.form == 'fixed' else None
+    return scale, parse_sizes(args.check_sizes)
 
-    model, ckpt = cli.load_model(path, 'cpu', SCRIPT)
-    kind = model.capabilities.kind
-    scales = None
-    if args.form == 'arbitrary':
-        scales = parse_scales(args.check_scales or ('2,3,4' if kind == 'grid' else '2,3.5,6'))
-    max_scale = cli.max_train_scale(model, ckpt, args.scale_max)
-    t = time.perf_counter()
-    graph = export.make_graph(model, args.form, scale, max_train_scale=max_scale)
-    if scales is not None and kind == 'grid':
-        for s in scales:     # refused before any export work
-            export.example_inputs('arbitrary', (1, 1), s, kind='grid')
-    example = export.example_inputs(args.form, (24, 20), scale or 2.0, max_train_scale=max_scale, kind=kind)
-    data = export.export_onnx(graph, args.form, args.opset, example)
-    proto = onnx.load_from_string(data)
+
+def export_graph(session, args, scale, path):
+    """(ONNX bytes with the metadata, the graph, metadata dict) of the session's model in ``args.form``."""
+    import onnx
+
+    from engine import export
+    model, kind = session.model, session.model.capabilities.kind
+    graph = export.make_graph(model, args.form, scale, max_train_scale=session.max_train_scale)
+    example = export.example_inputs(args.form, (24, 20), scale or 2.0, max_train_scale=session.max_train_scale,
+                                    kind=kind)
+    proto = onnx.load_from_string(export.export_onnx(graph, args.form, args.opset, example))
     onnx.checker.check_model(proto)
-    caps = model.capabilities
-    meta = {'assr.model': caps.name or type(model).__name__, 'assr.form': args.form,
+    meta = {'assr.model': model.capabilities.name or type(model).__name__, 'assr.form': args.form,
             'assr.input': 'image: float32 RGB (B, 3, h, w) in [0, 1]',
-            'assr.max_train_scale': f'{max_scale:g}', 'assr.source': os.path.basename(path)}
+            'assr.max_train_scale': f'{session.max_train_scale:g}', 'assr.source': os.path.basename(path)}
     if scale is not None:
         meta['assr.scale'] = f'{graph.scale[0]:g},{graph.scale[1]:g}'
     elif kind == 'grid':
@@ -140,11 +125,11 @@ def main(argv=None):
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    data = proto.SerializeToString()
+    return proto.SerializeToString(), graph, meta
 
-    torch.set_num_threads(min(torch.get_num_threads(), 4))
-    results = export.verify(model, data, args.form, graph.scale if scale is not None else None, sizes,
-                            scales, args.tol, max_train_scale=max_scale)
+
+def check_lines(results, tol):
+    """One line per ONNX Runtime check; a ValueError (nothing written) when one exceeds ``tol``."""
     lines = []
     for r in results:
         h, w = r['size']
@@ -153,11 +138,41 @@ def main(argv=None):
         osize = f'{out[2]}x{out[3]}' if len(out) == 4 else f'{out[1]} queries'
         lines.append(f'  input 1x3x{h}x{w}, x{sy:g}' + (f',{sx:g}' if sx != sy else '')
                      + f' -> {osize}: max |ONNX Runtime - PyTorch| = {r["max_diff"]:.2e}'
-                     + ('' if r['ok'] else f'  > {args.tol:g}'))
+                     + ('' if r['ok'] else f'  > {tol:g}'))
     bad = [r for r in results if not r['ok']]
     if bad:
-        raise ValueError(f'the ONNX export differs from PyTorch by more than {args.tol:g} on '
+        raise ValueError(f'the ONNX export differs from PyTorch by more than {tol:g} on '
                          f'{len(bad)} of {len(results)} checks; nothing written:\n' + '\n'.join(lines))
+    return lines
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from utils.validate import InputError, input_file, output_file
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise InputError(f'{e}; install the requirements (pip install -r requirements.txt: onnx, onnxruntime)') \
+            from None
+    import torch
+    from engine import export
+    from engine.inference import Session, resolve_model_path
+    scale, sizes = check_args(args)
+    path = resolve_model_path(args.model)
+    input_file(path, '--model')
+    output_file(args.output, '--output', inputs=(path,), extensions=('.onnx',))
+    session = Session.open(path, 'cpu', SCRIPT, max_train_scale=args.max_train_scale)
+    kind = session.model.capabilities.kind
+    scales = None
+    if args.form == 'arbitrary':
+        scales = parse_scales(args.check_scales or ('2,3,4' if kind == 'grid' else '2,3.5,6'))
+        for s in scales if kind == 'grid' else ():     # refused before any export work
+            export.example_inputs('arbitrary', (1, 1), s, kind='grid')
+    t = time.perf_counter()
+    data, graph, meta = export_graph(session, args, scale, path)
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    lines = check_lines(export.verify(session.model, data, args.form, graph.scale if scale is not None else None,
+                                      sizes, scales, args.tol, max_train_scale=session.max_train_scale), args.tol)
     from utils.io import atomic_write
     with atomic_write(args.output, 'wb') as f:
         f.write(data)
@@ -173,5 +188,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from engine.cli import run
+    from engine.errors import run
     sys.exit(run(main, script=SCRIPT))

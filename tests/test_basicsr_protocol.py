@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from engine.evaluation import METRICS, PROTOCOLS, check_protocol, score
+from engine.evaluation import DEFAULT_METRICS, PROTOCOLS, check_protocol, score
 from utils.imresize import imresize
 
 from .conftest import DATA, ROOT, need
@@ -104,7 +104,7 @@ def test_metrics_selection_and_validation():
     x, y = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40)
     assert score(x, y, 'basicsr', 'benchmark', 2, ('ssim',))['psnr'] is None
     assert score(x, y, 'basicsr', 'benchmark', 2, ('psnr',))['ssim'] is None
-    assert check_protocol(None) == (None, METRICS)
+    assert check_protocol(None) == (None, DEFAULT_METRICS)
     assert check_protocol('unspecified', ['psnr']) == (None, ('psnr',))
     assert check_protocol('basicsr', 'ssim') == ('basicsr', ('ssim',))
     for bad in [('matlab', None), ('basicsr', ['lpips']), ('basicsr', [])]:
@@ -131,3 +131,29 @@ def test_igconv_test_configs():
             assert ds['name'] == 'paired-image-folders' and ds['args']['root_path_1'].endswith(f'LR_bicubic/X{s}')
         else:            # published: PIL bicubic from the GT cropped to a multiple of s
             assert cfg['test_dataset']['wrapper']['args'] == {'scale_min': s, 'scale_max': s}
+
+
+def test_a_new_protocol_or_metric_is_one_registered_entry():
+    """Protocols and metrics are registries: one class / one function registered, then named in a config."""
+    from engine.evaluation import TEST_METRICS, LIIFProtocol
+    x, y = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40)
+
+    @PROTOCOLS.register('no-border')
+    class NoBorder(LIIFProtocol):
+        def border(self, dataset, scale):
+            return 0
+
+    @TEST_METRICS.register('mae')
+    def mae(protocol, pred, gt, dataset, scale):
+        b = protocol.border(dataset, scale)
+        return float((pred - gt)[..., b:pred.shape[-2] - b, b:pred.shape[-1] - b].abs().mean())
+
+    try:
+        assert check_protocol('no-border', ['psnr', 'mae']) == ('no-border', ('psnr', 'mae'))
+        got = score(x, y, 'no-border', 'benchmark', 4, ('psnr', 'mae'))
+        assert got['mae'] == pytest.approx(float((x - y).abs().mean()))
+        assert got['ssim'] is None and got['psnr'] == score(x, y, 'test-original', 'benchmark', 4)['psnr']
+        assert score(x, y, 'test-original', 'benchmark', 4, ('mae',))['mae'] == pytest.approx(
+            float((x - y)[..., 4:36, 4:36].abs().mean()))
+    finally:
+        del PROTOCOLS.entries['no-border'], TEST_METRICS.entries['mae']

@@ -265,7 +265,8 @@ def test_state_dict_mismatch_message_is_not_cut(world, capsys):              # s
     ('6:\n  1: 0.9\n  2: 0.3\n  3: 1\n', ['must not decrease']),      # non-monotone
     ('0:\n  1: 0.5\n', ['target scale']),                              # zero target scale
     ('6:\n  -2: 0.5\n', ['decode scale']),                             # negative decode scale
-    ('model: lte\n6:\n  1: 0.5\n  2: 1\n', ['lte']),                # made for another model kind
+    ('# model: lte\n6:\n  1: 0.5\n  2: 1\n', ['lte']),              # made for another model kind
+    ('model: lte\n6:\n  1: 0.5\n  2: 1\n', ['lte']),                # the same, as older files record it
 ])
 def test_cmsr_tables_are_validated(world, capsys, table, words):        # cause 6
     path = world['root'] / 'cmsr.yaml'
@@ -673,19 +674,19 @@ def test_without_torch_the_message_says_so(tmp_path, argv):
 # ------------------------------------------------------------------------------------------------
 def test_memory_estimate_names_the_option_that_makes_it_fit(world):          # cause 4
     model = models.make(world['spec'])
-    est = memory.estimate(model, (100, 100), (400, 400), bsize=65536)
+    est = memory.estimate(model, (100, 100), (400, 400), chunk=65536)
     assert est.output == 400 * 400 * 3 * 4 + 400 * 400 * 4          # float buffer + 8-bit image with alpha room
     with pytest.raises(memory.MemoryEstimateError, match='--size or --scale'):
         memory.check(model, (100, 100), (4000, 4000), available=100 << 20)
     # a decoder chunk too large for what is left: the message proposes a --bsize that fits
-    big = memory.estimate(model, (100, 100), (400, 400), bsize=160000)
+    big = memory.estimate(model, (100, 100), (400, 400), chunk=160000)
     room = (big.output + big.encoder + big.decoder // 10) * memory.SAFETY
     with pytest.raises(memory.MemoryEstimateError, match=r'--bsize \d+'):
-        memory.check(model, (100, 100), (400, 400), bsize=160000, available=int(room))
+        memory.check(model, (100, 100), (400, 400), chunk=160000, available=int(room))
     # an encoder too large for the whole input: --tile
-    enc = memory.estimate(model, (3000, 3000), (6000, 6000), bsize=1000)
+    enc = memory.estimate(model, (3000, 3000), (6000, 6000), chunk=1000)
     with pytest.raises(memory.MemoryEstimateError, match=r'--tile \d+'):
-        memory.check(model, (3000, 3000), (6000, 6000), bsize=1000,
+        memory.check(model, (3000, 3000), (6000, 6000), chunk=1000,
                      available=int((enc.output + enc.decoder + enc.encoder / 4) * memory.SAFETY))
     memory.check(model, (100, 100), (400, 400), available=1 << 40)      # fits
 

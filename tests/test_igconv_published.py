@@ -32,12 +32,34 @@ TINY = {
                'latent_layers': 2},
     'EDSRIGPlus': {'num_feat': 8, 'num_block': 2, 'res_scale': 0.1, 'img_range': 1.0, 'implicit_dim': 16,
                    'latent_layers': 2, 'geo_ensemble': True},
-    'RDNIGPlus': {'G0': 8, 'RDNconfig': [2, 3, 8], 'implicit_dim': 16, 'latent_layers': 2},
-    'RCANIGPlus': {'n_resgroups': 1, 'n_resblocks': 1, 'n_feats': 16, 'implicit_dim': 16, 'latent_layers': 2,
+    'RDNIGPlus': {'G0': 8, 'RDNconfig': [2, 3, 8], 'implicit_dim': 16, 'latent_layers': 2, 'geo_ensemble': True},
+    'RCANIGPlus': {'n_resgroups': 1, 'n_resblocks': 1, 'n_feats': 16, 'implicit_dim': 16, 'n_layers': 2,
                    'max_s': 8},
     'SwinIRMS': {'img_size': 16, 'window_size': 8, 'embed_dim': 12, 'depths': [2], 'num_heads': [2], 'mlp_ratio': 2,
-                 'implicit_dim': 16, 'latent_layers': 2},
+                 'implicit_dim': 16, 'latent_layers': 2, 'upsampler': 'igconv+igsample'},
 }
+
+# the published constructors' arguments and defaults (igconv/archs/*.py of dslisleedh/IGConv); 'REQUIRED' has no
+# default there. Differences kept on purpose: return_skip (the training-only DualStreamLoss hook; only False is
+# supported here), norm_layer (a class, not a config value), EDSR's geo_ensemble None (= the published False /
+# True of EDSRIG / EDSRIGPlus), RCAN's conv None (= the published default_conv), EDSR's RGB-only num_in_ch/num_out_ch.
+PUBLISHED_SIGNATURES = {
+    'RDNIGPlus': {'G0': 64, 'RDNkSize': 3, 'RDNconfig': 'B', 'n_colors': 3, 'sk_kernel_size': 3, 'implicit_dim': 256,
+                  'latent_layers': 4, 'geo_ensemble': False, 'max_s': 4, 'return_skip': False},
+    'RCANIGPlus': {'conv': 'default_conv', 'sk_kernel_size': 3, 'implicit_dim': 256, 'n_layers': 4,
+                   'geo_ensemble': True, 'return_skip': False, 'dysample_kernel_size': 3, 'max_s': 4},
+    'SwinIRMS': {'img_size': 64, 'patch_size': 1, 'in_chans': 3, 'embed_dim': 96, 'depths': (6, 6, 6, 6),
+                 'num_heads': (6, 6, 6, 6), 'window_size': 7, 'mlp_ratio': 4.0, 'qkv_bias': True, 'qk_scale': None,
+                 'drop_rate': 0.0, 'attn_drop_rate': 0.0, 'drop_path_rate': 0.1, 'norm_layer': 'LayerNorm',
+                 'ape': False, 'patch_norm': True, 'use_checkpoint': False, 'upscale': 2, 'img_range': 1.0,
+                 'upsampler': 'igconv', 'resi_connection': '1conv', 'sk_kernel_size': 3, 'implicit_dim': 256,
+                 'latent_layers': 4, 'geo_ensemble': True, 'return_skip': True},
+    'EDSRIG': {'num_in_ch': 'REQUIRED', 'num_out_ch': 'REQUIRED', 'num_feat': 64, 'num_block': 16, 'upscale': 4,
+               'res_scale': 1, 'img_range': 255.0, 'rgb_mean': (0.4488, 0.4371, 0.4040), 'sk_kernel_size': 3,
+               'implicit_dim': 256, 'latent_layers': 4, 'geo_ensemble': False},
+}
+KEPT_DIFFERENCES = {('RCANIGPlus', 'conv'), ('SwinIRMS', 'norm_layer'), ('SwinIRMS', 'return_skip'),
+                    ('EDSRIG', 'num_in_ch'), ('EDSRIG', 'num_out_ch'), ('EDSRIG', 'geo_ensemble')}
 
 
 _BUILT = {}
@@ -266,6 +288,34 @@ def test_upscale_grid_and_input_validation():
         models.make({'name': 'EDSRIG', 'args': {**TINY['EDSRIG'], 'implicit_dim': 0}})
     with pytest.raises(ValueError, match='upsampler'):
         models.make({'name': 'SwinIRMS', 'args': {**TINY['SwinIRMS'], 'upsampler': 'pixelshuffle'}})
+
+
+@pytest.mark.parametrize('arch', sorted(PUBLISHED_SIGNATURES))
+def test_constructor_arguments_and_defaults_are_the_published_ones(arch):
+    import inspect
+    params = inspect.signature(PUBLISHED_ARCHS[arch]).parameters
+    for name, default in PUBLISHED_SIGNATURES[arch].items():
+        if (arch, name) == ('SwinIRMS', 'norm_layer'):
+            assert name not in params
+            continue
+        assert name in params, f'{arch} lacks the published argument {name}'
+        if (arch, name) not in KEPT_DIFFERENCES:
+            ours = params[name].default
+            assert (tuple(ours) if isinstance(ours, (list, tuple)) else ours) == default, f'{arch}.{name}'
+
+
+def test_published_defaults_build_the_published_model():
+    """SwinIRMS(upsampler='igconv') without geo_ensemble is the published default (FGRep on); RDNIGPlus without
+    geo_ensemble has it off; RCANIGPlus takes n_layers and dysample_kernel_size (IGSample's kernel)."""
+    swin = models.make({'name': 'SwinIRMS', 'args': {**TINY['SwinIRMS'], 'upsampler': 'igconv'}})
+    assert swin.skip is None and swin.upsampler.geo_ensemble
+    rdn = models.make({'name': 'RDNIGPlus', 'args': {k: v for k, v in TINY['RDNIGPlus'].items() if k != 'geo_ensemble'}})
+    assert not rdn.upsampler.geo_ensemble and not rdn.skip.geo_ensemble
+    rcan = models.make({'name': 'RCANIGPlus', 'args': {**TINY['RCANIGPlus'], 'n_layers': 3, 'dysample_kernel_size': 5}})
+    assert rcan.tail.latent_layers == 3 and rcan.tail.kernel_size == 3 and rcan.skip.kernel_size == 5
+    assert rcan.capabilities.decoder_reach == 3           # IGSample's 5x5 kernel + its bilinear neighbour
+    with pytest.raises(ValueError, match='conv'):
+        models.make({'name': 'RCANIGPlus', 'args': {**TINY['RCANIGPlus'], 'conv': 'my_conv'}})
 
 
 def test_aliases_build_the_same_class():

@@ -130,17 +130,23 @@ def test_golden_ltefast():
             pred = model(case['inp'], coord, cell)
         assert pred.shape == (1, 3) + tuple(coord.shape[1:3])
         assert (pred - q['pred'][:, :, 1::7, 2::5]).abs().max().item() <= TOL, f"{q['size']}"
-    # the engine's grid protocol renders the whole grid, in row bands
+    # the grid protocol renders the whole grid, in row bands, with the cell it is given
     q = case['queries'][0]
+    H, W = q['size']
     model.band_pixels = 500
     with torch.no_grad():
-        full = model.upscale_grid(case['inp'], q['size'])
+        full = model.upscale_grid(case['inp'], q['size'], (2 / H * q['cell_clip'], 2 / W * q['cell_clip']))
     assert (full - q['pred']).abs().max().item() <= TOL
-    # ... with the published cell clipping per axis: x6 rows, x3 columns -> cell (2/144 * 1.5, 2/60)
+    # ... and the engine's plan gives it, clipped per axis: x6 rows, x3 columns -> cell (2/144 * 1.5, 2/60)
+    from engine.render import Dense, QueryPlan
+    h, w = case['inp'].shape[-2:]
     seen = []
-    model.render = lambda state, coord, cell: seen.append(cell) or coord.new_zeros(1, 3, *coord.shape[1:3])
-    assert model.upscale_grid(case['inp'], (144, 60)).shape == (1, 3, 144, 60)
-    assert torch.allclose(torch.cat(seen), torch.tensor([[2 / 144 * 1.5, 2 / 60]]).expand(len(seen), 2))
+    model.decode_grid = lambda state, coord, cell: seen.append(cell) or coord.new_zeros(1, 3, *coord.shape[1:3])
+    with torch.no_grad():
+        out, _ = Dense(QueryPlan.build(model.capabilities, (h, w), (6 * h, 3 * w)))(model, case['inp'])
+    assert out.shape == (1, 3, 6 * h, 3 * w)
+    expect = torch.tensor([[2 / (6 * h) * 1.5, 2 / (3 * w)]])
+    assert torch.allclose(torch.cat(seen), expect.expand(len(seen), 2))
 
 
 # ---------------------------------------------------------------------------------------------------

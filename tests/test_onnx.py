@@ -11,9 +11,9 @@ ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (p
 
 import models  # noqa: E402
 from engine import export as ex  # noqa: E402
-from models.decoders.implicit import LRGrid  # noqa: E402
+from models.decoders.implicit import LRGrid, TracedGrid  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.coords import coord_axis  # noqa: E402
+from utils.coords import coord_axis, traced_coord_axis  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
 
@@ -65,11 +65,11 @@ def onnx_of(model, form, scale=None):
 
 
 # ---- export-friendly equivalents equal the models (eager, no ONNX) ----------------------------------
-def test_dyngrid_is_bit_identical_to_lrgrid():
+def test_traced_grid_is_bit_identical_to_lrgrid():
     feat = torch.zeros(2, 4, 7, 9)
     coord = torch.rand(2, 50, 2) * 2 - 1
     coord[0, :5] = torch.tensor([-1.0, 1.0])          # corners and the clamp
-    a, b = LRGrid((7, 9), feat), ex.DynGrid(feat)
+    a, b = LRGrid((7, 9), feat), TracedGrid(feat)
     na, nb = a.neighbours(coord), b.neighbours(coord)
     assert torch.equal(na.index, nb.index)
     assert torch.equal(na.rel_coord, nb.rel_coord)
@@ -78,7 +78,8 @@ def test_dyngrid_is_bit_identical_to_lrgrid():
         ia, ca = a.lookup(coord, shift)
         ib, cb = b.lookup(coord, shift)
         assert torch.equal(ia, ib) and torch.equal(ca, cb)
-    assert torch.equal(ex.axis_centres(torch.tensor(13), feat), coord_axis(13))
+    assert torch.equal(traced_coord_axis(torch.tensor(13), feat), coord_axis(13))
+    assert torch.equal(a.inv, b.inv) and torch.equal(a.half, b.half) and torch.equal(a.scale, b.scale)
 
 
 @pytest.mark.parametrize('name', ['lmliif', 'liif', 'lte', 'metasr', 'lmlte'])
@@ -224,7 +225,7 @@ def test_export_script_verifies_and_writes(built, tmp_path, capsys):
 
 
 def test_export_script_errors_are_one_line(built, tmp_path, capsys):
-    from engine.cli import run
+    from engine.errors import run
     from scripts import export_onnx
     ckpt = tmp_path / 'ig.pth'
     models.save_checkpoint(ckpt, {'model': models.model_spec(built['igconv'], built['igconv'].state_dict())})

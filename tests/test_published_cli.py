@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from engine import cli
+from engine.inference import Session, load_model, resolve_model_path
 
 from .conftest import DATA, ROOT, SHARED, load_golden, need
 
@@ -155,7 +156,7 @@ def test_readme_demo_command_verbatim(workspace):
     out, _ = load_image(workspace / 'demo_x4.png')
     img, _ = load_image(workspace / 'demo.png')
     assert tuple(out.shape[-2:]) == (192, 192)
-    model, _ = cli.load_model(str(BUNDLED / 'edsr-b_lm-liif.pth'))
+    model = load_model(str(BUNDLED / 'edsr-b_lm-liif.pth'))
     ref = Upscaler(model)(img.unsqueeze(0), (192, 192))[0]
     assert (out - ref).abs().max() <= 1 / 255 + 1e-6     # same render, 8-bit output
 
@@ -429,10 +430,12 @@ def test_liif_x6_no_cell_clip_equals_the_unclipped_computation(tmp_path, capsys)
 def test_max_train_scale_from_flag_checkpoint_config_or_model(tmp_path, capsys):
     ckpt_path = golden_checkpoint(tmp_path, 'liif_edsr', config={'train_dataset': {
         'wrapper': {'name': 'sr-implicit-downsampled', 'args': {'inp_size': 48, 'scale_max': 3}}}})
-    model, ckpt = cli.load_model(str(ckpt_path))
-    assert cli.max_train_scale(model, ckpt) == 3                  # the checkpoint's training config
-    assert cli.max_train_scale(model, ckpt, 6) == 6               # --scale_max
-    assert cli.max_train_scale(model, {'model': {}}) == model.capabilities.max_train_scale == 4
+    model = load_model(str(ckpt_path))
+    assert model.capabilities.max_train_scale == 3                # the checkpoint's training config
+    assert Session(model).max_train_scale == 3
+    assert Session(model, max_train_scale=6).max_train_scale == 6      # --scale_max
+    (tmp_path / 'plain').mkdir()
+    assert load_model(str(golden_checkpoint(tmp_path / 'plain', 'liif_edsr'))).capabilities.max_train_scale == 4
     set5 = tiny_hr(tmp_path / 'Set5', 60)
     base = ['--config', str(ROOT / 'configs/test/set5-x6.yaml'), '--opt',
             f'test_dataset.dataset.args.root_path={set5 / "HR"}']
@@ -516,12 +519,12 @@ def test_bare_model_names_resolve_in_save_pretrained_models(tmp_path, monkeypatc
     (tmp_path / 'save' / 'pretrained_models' / 'm.pth').write_bytes(b'x')
     (tmp_path / 'here.pth').write_bytes(b'x')
     monkeypatch.chdir(tmp_path)
-    assert cli.resolve_model_path('m.pth') == os.path.join('save', 'pretrained_models', 'm.pth')
-    assert cli.resolve_model_path('here.pth') == 'here.pth'
+    assert resolve_model_path('m.pth') == os.path.join('save', 'pretrained_models', 'm.pth')
+    assert resolve_model_path('here.pth') == 'here.pth'
     with pytest.raises(ValueError, match='looked in the working directory and in save/pretrained_models/'):
-        cli.resolve_model_path('absent.pth')
+        resolve_model_path('absent.pth')
     with pytest.raises(ValueError, match='not found: sub/m.pth'):
-        cli.resolve_model_path('sub/m.pth')
+        resolve_model_path('sub/m.pth')
 
 
 def test_gpu_flag_without_cuda_runs_on_the_cpu_with_one_note(monkeypatch, capsys):
@@ -632,7 +635,7 @@ def test_init_cmsr_sharded_merge_equals_the_sequential_update(tmp_path):
     from engine import cmsr
     from engine.inference import normalise
     hr = _tiny_set(tmp_path, 3, 48)
-    model, _ = cli.load_model(str(BUNDLED / 'edsr-b_lm-liif.pth'))
+    model = load_model(str(BUNDLED / 'edsr-b_lm-liif.pth'))
     data = datasets.make({'name': 'sr-implicit-downsampled', 'args': {'scale_min': 4}},
                          args={'dataset': datasets.make({'name': 'image-folder', 'args': {'root_path': str(hr)}})})
     sequential, merged = cmsr.initial_table(4), cmsr.initial_table(4)

@@ -244,6 +244,28 @@ def test_demo_integer_only_models_refuse_fractional_scales(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ init_cmsr.py
+def published_table_reader(path, scale):
+    """What the published LMF code does with a table file: ``yaml.load(FullLoader)``; ``init_cmsr.py`` sorts
+    the targets (``sorted(s2m_tables)``); the CMSR render walks the targets until one is >= the scale, then
+    that table's decode scales below it (``models/lmliif.py``, ``query_rgb_cmsr``). Any key that is not a
+    number makes these comparisons raise. Returns the (decode scales, thresholds) the render would use."""
+    import yaml
+    with open(path) as f:
+        s2m_tables = yaml.load(f, Loader=yaml.FullLoader)
+    s2m_tables = {k: s2m_tables[k] for k in sorted(s2m_tables)}
+    for k, v in s2m_tables.items():
+        scale2mean = s2m_tables[k]
+        if k >= scale:
+            break
+    decode_scales, thresholds = [], [0]
+    for s, t in scale2mean.items():
+        if s >= scale:
+            break
+        decode_scales.append(s)
+        thresholds.append(t)
+    return decode_scales, thresholds
+
+
 def test_init_cmsr_builds_several_scales_and_keeps_existing_tables(tmp_path, demo_model):
     folder = tmp_path / 'imgs'
     folder.mkdir()
@@ -259,6 +281,12 @@ def test_init_cmsr_builds_several_scales_and_keeps_existing_tables(tmp_path, dem
                            '--mse-threshold', '2e-3', '--save-path', str(out), '--quiet']) == 0
     tables = cmsr.load_tables(out)
     assert list(tables) == [2, 6, 18] and 18 in tables[18] and tables[2] == {1: 0.3, 2: 1}
+    # the model kind is a first-line comment: the published parser reads the same tables
+    assert out.read_text().startswith('# model: lmliif\n')
+    for S in (2, 6, 18, 12):
+        target = next((t for t in tables if t >= S), list(tables)[-1])
+        below = [s for s in tables[target] if s < S]
+        assert published_table_reader(out, S) == (below, [0] + [tables[target][s] for s in below])
     # the same as the library on the same LR inputs
     model = models.load_model(demo_model)
     import datasets

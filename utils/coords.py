@@ -25,6 +25,21 @@ def coord_axis(n, v0=-1.0, v1=1.0, device=None, dtype=torch.float32):
     return v0 + r + (2 * r) * torch.arange(n, device=device, dtype=dtype)
 
 
+def traced_coord_axis(n, like):
+    """``coord_axis(n)`` for a 0-d int64 tensor ``n`` (a size read from a tensor in a traced ONNX graph),
+    bit-identical: ``fl32(-1 + r) + fl32(2r) * k`` with ``r = 1 / n`` in float64, k = 0..n-1. Shape (n,),
+    dtype and device of ``like``."""
+    r = 2.0 / (2 * n.to(torch.float64))
+    k = torch.arange(n, device=like.device).to(like.dtype)
+    return (-1.0 + r).to(like.dtype) + (2 * r).to(like.dtype) * k
+
+
+def spatial_size(x):
+    """(h, w) of a (..., h, w) tensor as 0-d int64 tensors (``Shape`` + ``Gather`` in a traced graph)."""
+    shape = torch._shape_as_tensor(x)
+    return shape[-2], shape[-1]
+
+
 def make_coord(shape, ranges=None, flatten=True, device=None):
     """Pixel-centre coordinates of a grid.
 
@@ -67,22 +82,9 @@ def make_cell(size, n=None, device=None, batch=None):
     return cell
 
 
-def cell_clip_factor(scale, max_scale=4):
-    """Test-time cell clipping factor ``max(scale / max_scale, 1)`` (scale may be a float)."""
-    return max(float(scale) / max_scale, 1.0)
-
-
-def grid_query(lr_size, out_size, batch=1, device=None, max_scale=4, clip=True):
-    """Coordinates and (clipped) cells that query a full ``out_size`` grid from an ``lr_size`` input.
-
-    Returns ``coord`` (batch, H*W, 2) and ``cell`` (batch, H*W, 2); cells clipped per axis by
-    ``clipped_cell``.
-    """
-    H, W = out_size
-    coord = make_coord((H, W), device=device).unsqueeze(0).expand(batch, H * W, 2)
-    cy, cx = clipped_cell(out_size, lr_size, max_scale=max_scale, clip=clip)
-    cell = torch.tensor([cy, cx], device=device).view(1, 1, 2).expand(batch, H * W, 2)
-    return coord, cell
+def cell_clip_factor(scale, max_train_scale=4):
+    """Test-time cell clipping factor ``max(scale / max_train_scale, 1)`` (scale may be a float)."""
+    return max(float(scale) / max_train_scale, 1.0)
 
 
 def pixel_position(coord, size):
@@ -160,14 +162,14 @@ def target_range(lo, hi, n_out, n_lr):
     return first_at_or_after(lo), first_at_or_after(hi)
 
 
-def clipped_cell(out_size, lr_size, frame_size=None, max_scale=4, clip=True):
+def clipped_cell(out_size, lr_size, frame_size=None, max_train_scale=4, clip=True):
     """Cell (cy, cx) of an ``out_size`` target grid over ``lr_size`` LR pixels, in the units of a frame
     of ``frame_size`` LR pixels (default: the LR image itself), with test-time cell clipping per axis
-    (``cell_clip_factor(H / h, max_scale)`` for rows, the same for columns) unless ``clip`` is False.
+    (``cell_clip_factor(H / h, max_train_scale)`` for rows, the same for columns) unless ``clip`` is False.
     """
     (H, W), (h, w) = out_size, lr_size
     hf, wf = frame_size or lr_size
     cy, cx = 2 / H * h / hf, 2 / W * w / wf
     if clip:
-        cy, cx = cy * cell_clip_factor(H / h, max_scale), cx * cell_clip_factor(W / w, max_scale)
+        cy, cx = cy * cell_clip_factor(H / h, max_train_scale), cx * cell_clip_factor(W / w, max_train_scale)
     return cy, cx

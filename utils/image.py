@@ -318,14 +318,22 @@ def load_image(path):
     return array_to_tensor(arr), info
 
 
-def _to_int_array(x, bit_depth, band=256):
-    """(H, W, C) floats in [0, 1] -> integer array (clamp, scale, round), converted in bands of rows so that
-    no full-size float temporary is made (outputs can be gigabytes)."""
+#: How floats in [0, 1] become integers when saving: ``'round'`` (ours: to the nearest level) or
+#: ``'truncate'`` (the published LIIF / LTE / LMF scripts: torchvision's ``ToPILImage``, ``mul(255).byte()``).
+QUANTIZATIONS = ('round', 'truncate')
+
+
+def _to_int_array(x, bit_depth, band=256, quantization='round'):
+    """(H, W, C) floats in [0, 1] -> integer array (clamp, scale by the peak in float32, then round or
+    truncate), converted in bands of rows so that no full-size float temporary is made (outputs can be
+    gigabytes)."""
+    if quantization not in QUANTIZATIONS:
+        raise ImageError(f'quantization must be one of {", ".join(QUANTIZATIONS)}, got {quantization!r}')
     peak = (1 << bit_depth) - 1
     out = np.empty(tuple(x.shape), dtype=np.uint16 if bit_depth == 16 else np.uint8)
     for r in range(0, x.shape[0], band):
-        part = x[r:r + band].detach().float().cpu().clamp(0, 1)
-        out[r:r + band] = part.mul_(peak).round_().numpy()
+        part = x[r:r + band].detach().float().cpu().clamp(0, 1).mul_(peak)
+        out[r:r + band] = (part.round_() if quantization == 'round' else part.trunc_()).numpy()
     return out
 
 
@@ -344,13 +352,15 @@ def _png16(arr):
             + chunk(b'IEND', b''))
 
 
-def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None):
+def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None, quantization='round'):
     """Write an image atomically (the file appears complete or not at all).
 
     Args:
         path: output file; the format follows the extension (png, jpg/jpeg (quality 95), bmp, tif/tiff,
             webp (lossless), ppm).
-        rgb: float (3, H, W) in [0, 1] (clamped, then rounded); (1, H, W) or (H, W) is gray.
+        rgb: float (3, H, W) in [0, 1] (clamped, then quantised); (1, H, W) or (H, W) is gray.
+        quantization: ``'round'`` (default: the nearest level) or ``'truncate'`` (the published scripts'
+            ``ToPILImage``; an 8-bit RGB PNG is then byte-identical to theirs, PIL writing both).
         bit_depth: 8, or 16 (PNG only; gray 16-bit also for TIFF).
         alpha: optional float (1, H, W) or (H, W) alpha, re-attached where the format has alpha
             (dropped for JPEG, BMP and PPM).
@@ -385,7 +395,8 @@ def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None):
         if a.shape != (1,) + tuple(x.shape[1:]):
             raise ImageError(f'{path}: alpha of shape {tuple(alpha.shape)} does not match the image {tuple(x.shape)}')
         channels.append(a.to(x.device, x.dtype))
-    arr = _to_int_array((channels[0] if len(channels) == 1 else torch.cat(channels)).permute(1, 2, 0), bit_depth)
+    arr = _to_int_array((channels[0] if len(channels) == 1 else torch.cat(channels)).permute(1, 2, 0), bit_depth,
+                        quantization=quantization)
     if bit_depth == 16 and fmt == 'PNG':
         data = _png16(arr)
     else:

@@ -33,6 +33,9 @@ class Registry:
     def names(self):
         return sorted(self.entries)
 
+    def __contains__(self, name):
+        return name in self.entries
+
     def get(self, name):
         if name not in self.entries:
             hint = difflib.get_close_matches(str(name), self.entries, n=1)

@@ -93,33 +93,40 @@ def number(value, name, minimum=None, maximum=None, positive=False, allow_none=T
 MAX_WINDOW = 64
 
 
-def cli_numbers(args, script):
+def cli_numbers(args, script, labels=None):
     """Check the common numeric options of an ``argparse`` namespace (only those it has).
 
-    * ``tile`` >= 0 (or 'auto'), ``tile_overlap`` >= 0, ``window`` 0..64 (0 = no padding),
+    * ``tile`` >= 0 (or 'auto'), ``tile_overlap`` >= 0, ``window`` 0..64 (0 = no padding; or 'auto'),
     * ``bsize`` / ``eval_bsize`` > 0, ``stop_after`` >= 1, ``workers`` >= 0, ``first_k`` >= 1,
-    * ``trained_scale`` > 0 and finite, ``mse_threshold`` > 0 and finite, ``grad_clip`` > 0,
+    * ``max_train_scale`` > 0 and finite, ``mse_threshold`` > 0 and finite, ``grad_clip`` > 0,
       ``repeats`` >= 1, ``warmup`` >= 0, ``max_seconds`` > 0.
+
+    Messages name the flag ``--<dest with dashes>`` unless ``labels`` maps the dest to the flag a script
+    spells (``{'max_train_scale': '--trained-scale'}``).
     """
+    labels = labels or {}
+
     def has(name):
         return getattr(args, name, None) is not None
 
-    tile = getattr(args, 'tile', None)
-    if tile is not None and tile != 'auto':
-        integer(tile, '--tile', minimum=0)
+    def flag(name):
+        return labels.get(name, '--' + name.replace('_', '-'))
+
+    for name, lo, hi in (('tile', 0, None), ('window', 0, MAX_WINDOW)):
+        value = getattr(args, name, None)
+        if value is not None and value != 'auto':
+            integer(value, flag(name), minimum=lo, maximum=hi)
     if has('tile_overlap'):
-        integer(args.tile_overlap, '--tile-overlap', minimum=0)
-    if has('window'):
-        integer(args.window, '--window', minimum=0, maximum=MAX_WINDOW)
+        integer(args.tile_overlap, flag('tile_overlap'), minimum=0)
     for name in ('bsize', 'eval_bsize'):
         if has(name):
-            integer(getattr(args, name), '--' + name.replace('_', '-'), minimum=1)
+            integer(getattr(args, name), flag(name), minimum=1)
     for name, lo in (('stop_after', 1), ('workers', 0), ('first_k', 1), ('repeats', 1), ('warmup', 0)):
         if has(name):
-            integer(getattr(args, name), '--' + name.replace('_', '-'), minimum=lo)
-    for name in ('trained_scale', 'mse_threshold', 'grad_clip', 'max_seconds'):
+            integer(getattr(args, name), flag(name), minimum=lo)
+    for name in ('max_train_scale', 'mse_threshold', 'grad_clip', 'max_seconds'):
         if has(name):
-            number(getattr(args, name), '--' + name.replace('_', '-'), positive=True)
+            number(getattr(args, name), flag(name), positive=True)
     return args
 
 

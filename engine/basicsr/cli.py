@@ -2,7 +2,7 @@
 
 Errors the user can fix (a missing file, a bad or unsupported option, weights that do not fit, a busy run
 folder, a diverged run) are one line ``<script>: error: <message>`` on stderr with exit status 1
-(``engine.cli.run``); a failure before training or testing starts leaves no folder behind.
+(``engine.errors.run``); a failure before training or testing starts leaves no folder behind.
 """
 
 
@@ -20,9 +20,9 @@ def main(argv=None, phase='train', prog=None):
     import os
     import sys
 
-    from engine import cli
+    from engine.errors import run
     argv = sys.argv[1:] if argv is None else list(argv)
-    return cli.run(lambda a: _main(a, phase, prog), argv, os.path.basename(prog) if prog else None)
+    return run(lambda a: _main(a, phase, prog), argv, os.path.basename(prog) if prog else None)
 
 
 def _main(argv, phase, prog):

@@ -23,7 +23,7 @@ from torch import nn
 from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
-from .implicit import CLAMP, EPS_SHIFT, ImplicitDecoder, LRGrid, State, flat_index, gather, pixel_table
+from .implicit import CLAMP, EPS_SHIFT, ImplicitDecoder, State, flat_index, gather, pixel_table
 from .liif import unfold3x3
 from .lte import bilinear_skip
 
@@ -230,13 +230,12 @@ class CiaoSR(ImplicitDecoder):
         caps = super().capabilities
         return caps.replace(receptive_radius=None) if self.non_local_attn else caps
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = self.encoder(inp)
+    def latent_state(self, inp, feat, grid, cell):
         rich = unfold3x3(feat) if self.feat_unfold else feat
         value = rich
         if self.non_local_attn:
             value = torch.cat([rich, tiled_nonlocal(self.cs_attn, feat)], dim=1)
-        return State(inp=inp, key=pixel_table(rich), value=pixel_table(value), grid=LRGrid(feat.shape[-2:], feat))
+        return State(inp=inp, key=pixel_table(rich), value=pixel_table(value), grid=grid)
 
     def query(self, state, coord, cell):
         grid = state.grid

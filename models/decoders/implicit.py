@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from utils.coords import coord_axis
+from utils.coords import coord_axis, spatial_size, traced_coord_axis
 
 from .. import registry
 from ..capabilities import Capabilities, encoder_traits
@@ -79,6 +79,7 @@ class LRGrid:
         self.axis_y = coord_axis(h, device=like.device).to(like.dtype)
         self.axis_x = coord_axis(w, device=like.device).to(like.dtype)
         self.half = like.new_tensor([h / 2, w / 2])
+        self.inv = like.new_tensor([1 / h, 1 / w])
         self.scale = like.new_tensor([h, w])
         self.ensemble_shifts = like.new_tensor(
             [(vy / h + EPS_SHIFT, vx / w + EPS_SHIFT) for vy, vx in ENSEMBLE_OFFSETS]).view(-1, 1, 1, 2)
@@ -142,6 +143,26 @@ class LRGrid:
         return cell * self.scale
 
 
+class TracedGrid(LRGrid):
+    """``LRGrid`` (regular grid, no ``inp_coord``) with the size read from the feature map, so that it follows
+    the input size in a traced (ONNX) graph: ``size`` holds 0-d int64 tensors and the pixel-centre axes are
+    built from them (``utils.coords.traced_coord_axis``); every lookup is ``LRGrid``'s own code, so results are
+    bit-identical to ``LRGrid``'s (``tests/test_onnx.py``)."""
+
+    def __init__(self, feat):       # LRGrid.__init__ builds the same constants from Python numbers
+        h, w = spatial_size(feat)
+        self.size = (h, w)
+        self.feat_coord = None
+        self.axis_y, self.axis_x = traced_coord_axis(h, feat), traced_coord_axis(w, feat)
+        hw = torch.stack([h, w]).to(feat.device)
+        self.scale = hw.to(feat.dtype)                   # (h, w)
+        self.half = self.scale / 2                       # (h / 2, w / 2), exact in float32
+        hwd = hw.to(torch.float64)
+        self.inv = (1.0 / hwd).to(feat.dtype)            # (1 / h, 1 / w)
+        offsets = torch.tensor(ENSEMBLE_OFFSETS, dtype=torch.float64, device=feat.device)
+        self.ensemble_shifts = (offsets / hwd + EPS_SHIFT).to(feat.dtype).view(-1, 1, 1, 2)
+
+
 def blend(preds, weight):
     """preds (K, B, Q, C) weighted by (K, B, Q), summed over K in order."""
     out = preds[0] * weight[0].unsqueeze(-1)
@@ -202,13 +223,18 @@ def chunked(fn, coord, cell, bsize, progress=None):
 class ImplicitDecoder(nn.Module):
     """Base class: an encoder plus a decoder that answers continuous queries.
 
-    Subclasses implement ``prepare(inp, cell, inp_coord) -> state`` (encoder and per-image maps,
-    computed once) and ``query(state, coord, cell) -> (B, Q, 3)``. ``forward`` runs both; in eval mode
+    Subclasses implement ``latent_state(inp, feat, grid, cell) -> state`` (the per-image maps computed once
+    from the encoder features ``feat`` on the LR ``grid``; ``prepare`` runs the encoder first) and
+    ``query(state, coord, cell) -> (B, Q, 3)``. ``forward`` runs both; in eval mode
     the queries go in chunks of ``bsize`` (default ``capabilities.chunk``) so memory stays bounded for
     any output size. Chunking never changes the result. Rendering whole images (window padding, cell
     clipping, tiling, CMSR) is the engine's job (``engine/render.py``), not the model's.
 
     Inputs and outputs are normalised as ``(x - 0.5) / 0.5``.
+
+    Models with ``traceable = True`` also have a traceable form for ONNX export (``engine/export.py``):
+    ``traced_prepare`` (the same state on a :class:`TracedGrid`, whose sizes follow the input in the graph)
+    and ``traced_query`` (by default ``query``; models whose query updates views in place override it).
     """
 
     #: Largest training scale: test-time cells are clipped by max(scale / max_train_scale, 1).
@@ -223,6 +249,8 @@ class ImplicitDecoder(nn.Module):
     intensity_range = None
     #: set on every registered subclass by the registry
     registry_name = None
+    #: has a traceable form (``traced_prepare`` / ``traced_query``) that ONNX export runs
+    traceable = False
 
     def __init__(self, encoder_spec):
         super().__init__()
@@ -238,17 +266,35 @@ class ImplicitDecoder(nn.Module):
         return Capabilities(kind='implicit', window=window, receptive_radius=radius,
                             decoder_reach=self.decoder_reach, max_train_scale=self.max_train_scale,
                             chunk=self.preferred_chunk(), modulated=self.modulated,
-                            intensity_range=self.intensity_range, name=self.registry_name)
+                            intensity_range=self.intensity_range, name=self.registry_name, traceable=self.traceable)
 
     def decoder_macs(self):
         """(MACs per LR pixel, MACs per HR query) of the decoder, closed form (``models.complexity``)."""
         return None
 
     def prepare(self, inp, cell=None, inp_coord=None):
+        """Encoder, LR grid (``inp_coord`` (B, h, w, 2): an irregular grid of pixel centres), then the
+        per-image work of ``latent_state``."""
+        feat = self.encoder(inp)
+        grid = LRGrid(tuple(feat.shape[-2:]), feat, feat_coord_table(inp_coord, feat))
+        return self.latent_state(inp, feat, grid, cell)
+
+    def latent_state(self, inp, feat, grid, cell):
+        """Per-image state from the encoder features ``feat`` (B, C, h, w) on ``grid`` and the queries'
+        ``cell`` (B, Q, 2)."""
         raise NotImplementedError
 
     def query(self, state, coord, cell):
         raise NotImplementedError
+
+    def traced_prepare(self, inp, cell):
+        """``prepare`` in traceable form: the same state on a :class:`TracedGrid` (regular grids only)."""
+        feat = self.encoder(inp)
+        return self.latent_state(inp, feat, TracedGrid(feat), cell)
+
+    def traced_query(self, state, coord, cell):
+        """``query`` in traceable form (models whose query is not traceable override it)."""
+        return self.query(state, coord, cell)
 
     def forward(self, inp, coord=None, cell=None, bsize=None, inp_coord=None, progress=None):
         """inp (B, 3, h, w); coord, cell (B, Q, 2) -> (B, Q, 3). Without coord and cell: encoder features."""

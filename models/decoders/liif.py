@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
-from .implicit import ImplicitDecoder, LRGrid, State, blend, flat_index, gather, pixel_table
+from .implicit import ImplicitDecoder, State, blend, flat_index, gather, pixel_table
 
 
 def unfold3x3(feat):
@@ -23,6 +23,7 @@ class LIIF(ImplicitDecoder):
     """
 
     eval_bsize = 30000
+    traceable = True
 
     def __init__(self, encoder_spec, imnet_spec=None, local_ensemble=True, feat_unfold=True, cell_decode=True,
                  cmsr_spec=None):
@@ -40,11 +41,10 @@ class LIIF(ImplicitDecoder):
             return 0, 0
         return 0, (4 if self.local_ensemble else 1) * linear_macs(self.imnet.layers)
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = self.encoder(inp)
+    def latent_state(self, inp, feat, grid, cell):
         if self.imnet is not None and self.feat_unfold:
             feat = unfold3x3(feat)
-        return State(table=pixel_table(feat), grid=LRGrid(feat.shape[-2:], feat))
+        return State(table=pixel_table(feat), grid=grid)
 
     def query(self, state, coord, cell):
         grid = state.grid

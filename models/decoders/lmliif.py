@@ -27,7 +27,7 @@ from utils.untrusted import excerpt
 from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
-from .implicit import ImplicitDecoder, LRGrid, State, blend, feat_coord_table, flat_index, gather, pixel_table
+from .implicit import ImplicitDecoder, State, blend, flat_index, gather, pixel_table
 from .mlp import MLP
 
 
@@ -138,16 +138,10 @@ class LMDecoder(ImplicitDecoder):
         """Values live per query while ``render_band`` renders one neighbour: its two activation buffers."""
         return 2 * self.imnet.hidden_dim
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        """Encoder, LR grid, then the per-LR-pixel work of ``latent_state``."""
-        feat = self.encoder(inp)
-        grid = LRGrid(tuple(feat.shape[-2:]), feat, feat_coord_table(inp_coord, feat))
-        return self.latent_state(inp, feat, grid, cell)
-
     def latent_state(self, inp, feat, grid, cell):
         """Per-image state from the encoder features ``feat`` (B, C, h, w) on ``grid`` and the queries'
         ``cell`` (B, Q, 2; the first one is used): ``mod`` (B*h*w, M [+ latent]) and whatever the render
-        MLP reads per pixel. (Deployment graphs call it with their own shape-dynamic grid.)"""
+        MLP reads per pixel (``traced_prepare`` runs it on a ``TracedGrid``)."""
         raise NotImplementedError
 
     def modulation_intensity(self, state):
@@ -273,6 +267,21 @@ class LMDecoder(ImplicitDecoder):
         out = blend(preds.view(*nb.index.shape, -1), nb.weight)
         skip = self.skip(state, coord)
         return out if skip is None else out + skip
+
+    def traced_query(self, state, coord, cell):
+        """The explicit path in traceable form: every neighbour's full modulation row is gathered and the
+        relative cell has one row per neighbour and query (no in-place updates of views)."""
+        nb = state.grid.neighbours(coord, self.local_ensemble)
+        K = nb.index.shape[0]
+        h, w = state.grid.size
+        idx = flat_index(nb.index, h * w)
+        rel_cell = state.grid.relative_cell(cell).unsqueeze(0).expand(K, -1, -1, -1).reshape(-1, 2)
+        x = self.traced_render_input(state, idx, nb.rel_coord.reshape(-1, 2), rel_cell)
+        return self._finish(state, coord, self.imnet(x, gather(state.mod, idx)), nb)
+
+    def traced_render_input(self, state, idx, rel, rel_cell):
+        """``render_input`` for ``traced_query`` (``rel_cell`` with one row per neighbour and query)."""
+        return self.render_input(state, idx, rel, rel_cell)
 
     def query_explicit(self, state, coord, cell):
         """Training path: gather each neighbour's full modulation vector and run the MLP on it."""
@@ -442,6 +451,8 @@ class LMLIIF(LMDecoder):
     """LM-LIIF. Latent MLP input per LR pixel: [unfold3x3(feat) (9C), rel cell (2)]; output M modulations
     (+ hd latent channels with ``mod_input``). Render input: [latent (hd, or C without ``mod_input``),
     rel_coord (2), rel_cell (2)]. No LR skip."""
+
+    traceable = True
 
     def __init__(self, encoder_spec, imnet_spec=None, hypernet_spec=None, local_ensemble=True, feat_unfold=True,
                  cell_decode=True, mod_input=False, cmsr_spec=None, mixed_le=None):

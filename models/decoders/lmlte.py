@@ -24,6 +24,7 @@ class LMLTE(LMDecoder):
     ``cell_decode=False`` (no published config uses it) drops both phase terms."""
 
     intensity_range = (0.0, 0.5)     # CMSR intensity buckets (published)
+    traceable = True
 
     def __init__(self, encoder_spec, imnet_spec=None, hypernet_spec=None, hidden_dim=128, local_ensemble=True,
                  cell_decode=True, mod_input=False, cmsr_spec=None, mixed_le=None):
@@ -83,6 +84,19 @@ class LMLTE(LMDecoder):
             g.view(-1, rel_cell.shape[0], n).add_(F.linear(rel_cell, layer.weight.to(rel_cell.dtype)))
         g.mul_(math.pi)
         return torch.cat([torch.cos(g), torch.sin(g)], dim=1).mul_(amp)
+
+    def traced_render_input(self, state, idx, rel, rel_cell):
+        """``render_input`` without in-place updates of views (``rel_cell`` has one row per neighbour and
+        query), for ``traced_query``."""
+        t = gather(state.basis, idx)
+        n = t.shape[1] // 4
+        amp, fy, fx = t[:, :2 * n], t[:, 2 * n:3 * n], t[:, 3 * n:]
+        g = fy * rel[:, :1] + fx * rel[:, 1:]
+        if self.cell_decode:
+            layer = self.imphase if self.mod_input else self.phase
+            g = g + F.linear(rel_cell, layer.weight)
+        g = g * math.pi
+        return torch.cat([torch.cos(g), torch.sin(g)], dim=1) * amp
 
     grid_queries = True
     #: layer 0 reads cos/sin of the relative coordinate: not linear in it (own ``render_layer0``/``layer0_grid``)

@@ -8,7 +8,7 @@ from torch import nn
 from .. import registry
 from ..complexity import conv_macs_per_pixel, linear_macs
 from ..registry import register
-from .implicit import ImplicitDecoder, LRGrid, State, blend, flat_index, gather, pixel_table
+from .implicit import ImplicitDecoder, State, blend, flat_index, gather, pixel_table
 
 
 def fourier_basis(freq, rel_coord, phase):
@@ -34,6 +34,7 @@ class LTE(ImplicitDecoder):
     a Fourier basis per query, an MLP, the 4-neighbour blend and a bilinear LR skip."""
 
     eval_bsize = 30000
+    traceable = True
 
     def __init__(self, encoder_spec, imnet_spec=None, hidden_dim=256, cmsr_spec=None):
         super().__init__(encoder_spec)
@@ -48,10 +49,8 @@ class LTE(ImplicitDecoder):
         per_hr = 4 * (self.phase.in_features * self.phase.out_features + linear_macs(self.imnet.layers))
         return per_lr, per_hr
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = self.encoder(inp)
-        return State(inp=inp, coef=pixel_table(self.coef(feat)), freq=pixel_table(self.freq(feat)),
-                     grid=LRGrid(feat.shape[-2:], feat))
+    def latent_state(self, inp, feat, grid, cell):
+        return State(inp=inp, coef=pixel_table(self.coef(feat)), freq=pixel_table(self.freq(feat)), grid=grid)
 
     def query(self, state, coord, cell):
         grid = state.grid

@@ -17,14 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.coords import clipped_cell, make_coord
+from utils.coords import make_coord
 
 from .. import registry
 from ..capabilities import Capabilities, encoder_traits
 from ..complexity import conv_macs_per_pixel
 from ..registry import register
 from .implicit import CLAMP, ENSEMBLE_OFFSETS, EPS_SHIFT, LRGrid, flat_index, gather, pixel_table
-from .lte import bilinear_skip
 
 
 @register('lte-fast')
@@ -33,6 +32,8 @@ class LTEFast(nn.Module):
     ``hidden_dim`` (coef/freq channels, 256), ``out_dim`` (3). Keys: ``encoder.*``, ``coef``, ``freq``,
     ``phase`` (Linear 2 -> hidden_dim/2, no bias), ``layers.{0,2,...,2 num_layer}``."""
 
+    #: Largest training scale (``models.load_model`` sets it from the checkpoint): the engine's plan clips the
+    #: cells it passes to ``upscale_grid`` with it; the model itself never clips.
     max_train_scale = 4
     #: target pixels per band in ``upscale_grid`` (memory stays bounded; results do not depend on it)
     band_pixels = 1 << 16
@@ -73,14 +74,14 @@ class LTEFast(nn.Module):
         if coord is None and cell is None:
             return self.encoder(inp)
         _check(inp, coord, cell)
-        return self.render(self.prepare(inp), coord, cell)
+        return self.decode_grid(self.prepare(inp), coord, cell)
 
     def prepare(self, inp):
         feat = self.encoder(inp)
         return {'inp': inp, 'coef': pixel_table(self.coef(feat)), 'freq': pixel_table(self.freq(feat)),
                 'grid': LRGrid(feat.shape[-2:], feat)}
 
-    def render(self, state, coord, cell):
+    def decode_grid(self, state, coord, cell):
         """The whole grid ``coord`` (B, H, W, 2) with cell (B, 2) -> (B, 3, H, W)."""
         B, H, W, _ = coord.shape
         grid = state['grid']
@@ -112,22 +113,22 @@ class LTEFast(nn.Module):
         return out + skip
 
     # -- engine entry (grid protocol) ---------------------------------------------------------------
-    def upscale_grid(self, inp, size, clip=True):
+    def upscale_grid(self, inp, size, cell):
         """Render the whole (H, W) target grid of ``inp`` (B, 3, h, w) -> (B, 3, H, W), in row bands.
 
-        The cell is (2/H, 2/W), clipped per axis by ``max(scale / 4, 1)`` unless ``clip`` is False
-        (published test protocol)."""
+        ``cell`` (cy, cx): the cell of every target pixel in the units of ``inp``'s frame, as the engine's
+        plan computes it (``QueryPlan.cell``: (2/H, 2/W), clipped per axis by ``max(scale / max_train_scale,
+        1)`` unless cell clipping is off); the model never decides the clipping."""
         H, W = (int(s) for s in size)
         if H < 1 or W < 1:
             raise ValueError(f'lte-fast: target size must be positive, got {size}')
         _check(inp)
-        B, _, h, w = inp.shape
-        cy, cx = clipped_cell((H, W), (h, w), max_scale=self.max_train_scale, clip=clip)
-        cell = inp.new_tensor([cy, cx]).expand(B, 2)
+        B = inp.shape[0]
+        cell = inp.new_tensor([float(c) for c in cell]).expand(B, 2)
         coord = make_coord((H, W), flatten=False, device=inp.device).to(inp.dtype)
         state = self.prepare(inp)
         rows = max(1, self.band_pixels // W)
-        out = [self.render(state, coord[r:r + rows].unsqueeze(0).expand(B, -1, -1, -1), cell)
+        out = [self.decode_grid(state, coord[r:r + rows].unsqueeze(0).expand(B, -1, -1, -1), cell)
                for r in range(0, H, rows)]
         return torch.cat(out, dim=2)
 

@@ -4,7 +4,7 @@ import torch
 from .. import registry
 from ..complexity import linear_macs
 from ..registry import register
-from .implicit import ImplicitDecoder, LRGrid, State, flat_index, gather, pixel_table
+from .implicit import ImplicitDecoder, State, flat_index, gather, pixel_table
 from .liif import unfold3x3
 
 
@@ -14,6 +14,7 @@ class MetaSR(ImplicitDecoder):
     matrix applied to the 3x3-unfolded feature of that pixel. The query is first moved by -cell/2."""
 
     eval_bsize = 30000
+    traceable = True
 
     def __init__(self, encoder_spec, imnet_spec=None, cmsr_spec=None):
         super().__init__(encoder_spec)
@@ -25,18 +26,20 @@ class MetaSR(ImplicitDecoder):
     def decoder_macs(self):
         return 0, linear_macs(self.imnet.layers) + self.imnet.out_dim    # weight generation + (9C x 3) product
 
-    def prepare(self, inp, cell=None, inp_coord=None):
-        feat = unfold3x3(self.encoder(inp))
-        return State(table=pixel_table(feat), grid=LRGrid(feat.shape[-2:], feat))
+    def latent_state(self, inp, feat, grid, cell):
+        return State(table=pixel_table(unfold3x3(feat)), grid=grid)
 
     def query(self, state, coord, cell):
-        h, w = state.grid.size
+        """The LR sizes enter through the grid's tensors (``inv`` = (1/h, 1/w), ``half`` = (h/2, w/2)), so the
+        same code traces for ONNX."""
+        grid = state.grid
+        h, w = grid.size
         B, Q = coord.shape[:2]
         shifted = coord - cell / 2
-        index, centre = state.grid.lookup(shifted, shift=(1e-6, 1e-6))
-        top_left = torch.stack([centre[..., 0] - 1 / h, centre[..., 1] - 1 / w], -1)
-        rel = (shifted - top_left) * shifted.new_tensor([h / 2, w / 2])
-        r = cell[..., :1] * (h / 2)
+        index, centre = grid.lookup(shifted, shift=(1e-6, 1e-6))
+        top_left = torch.stack([centre[..., 0] - grid.inv[0], centre[..., 1] - grid.inv[1]], -1)
+        rel = (shifted - top_left) * grid.half
+        r = cell[..., :1] * grid.half[0]
         weights = self.imnet(torch.cat([rel, r], -1)).view(B * Q, -1, 3)
         feat = gather(state.table, flat_index(index, h * w)).view(B * Q, 1, -1)
         return torch.bmm(feat, weights).view(B, Q, 3)

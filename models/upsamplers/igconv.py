@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.coords import coord_axis
+from utils.coords import coord_axis, traced_coord_axis
 
 from ..registry import register
 
@@ -80,13 +80,6 @@ def _as_float(scale):
     if isinstance(scale, numbers.Real):
         return float(scale)
     raise IntegerScaleError(f'scale must be a number, got {type(scale).__name__}')
-
-
-def subpixel_grid(r, device=None, dtype=torch.float32):
-    """Cell-centre grid of [-1, 1]^2 at r x r: ``(x, y)``, each (r, r); x varies along columns j, y along rows i."""
-    t = coord_axis(r, device=device, dtype=dtype)
-    y, x = torch.meshgrid(t, t, indexing='ij')
-    return x, y
 
 
 def phase_input(scale, max_s):
@@ -151,19 +144,22 @@ class ImplicitKernelGenerator(nn.Module):
         self._cache, self._cache_key = {}, None
 
     # ---- generation ----
-    def fourier_features(self, r, elements=slice(None)):
-        """Amplitude-modulated Fourier features of the grid, (E', r, r, H) for the selected elements."""
+    def fourier_features(self, axis, phase_in, elements=slice(None)):
+        """Amplitude-modulated Fourier features of the sub-pixel grid, (E', r, r, H) for the selected
+        elements. ``axis`` (r,): the grid's cell centres (``coord_axis(r)``); ``phase_in``: the phase
+        layer's input ``2 / min(r, max_s)`` (a number, or a 0-d tensor in traced form)."""
         half = self.width // 2
         freq = self.freq[elements, :, 0, 0]
-        x, y = subpixel_grid(r, device=freq.device, dtype=freq.dtype)
-        phi = self.phase.weight.view(half) * phase_input(r, self.max_s) + self.phase.bias
+        y, x = torch.meshgrid(axis, axis, indexing='ij')
+        r = axis.shape[0]
+        phi = self.phase.weight.view(half) * phase_in + self.phase.bias
         theta = (freq[:, None, None, :half] * x[..., None] + freq[:, None, None, half:] * y[..., None]) + phi
         theta = theta * math.pi
         feats = torch.cat([torch.cos(theta), torch.sin(theta)], dim=-1)
         if self.groups > 1:
             # new channel d * (H / groups) + g <- old channel groups * g + d
             E = feats.shape[0]
-            feats = feats.view(E, r, r, self.width // self.groups, self.groups).transpose(-1, -2)
+            feats = feats.reshape(E, r, r, self.width // self.groups, self.groups).transpose(-1, -2)
             feats = feats.reshape(E, r, r, self.width)
         return feats * self.amplitude[elements, None, None, :, 0, 0]
 
@@ -180,12 +176,26 @@ class ImplicitKernelGenerator(nn.Module):
         """Raw (no FGRep) weight (out_per_pos * r^2, C, k, k) for integer scale r, with autograd."""
         r = check_integer_scale(scale)
         E = self.freq.shape[0]
+        axis = coord_axis(r, device=self.freq.device, dtype=self.freq.dtype)
+        phase_in = phase_input(r, self.max_s)
         step = max(1, GENERATION_CHUNK // (r * r * self.width))
-        parts = [self.mlp(self.fourier_features(r, slice(s, s + step))) for s in range(0, E, step)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, 0)  # (E, r, r, O)
+        parts = [self.mlp(self.fourier_features(axis, phase_in, slice(s, s + step))) for s in range(0, E, step)]
+        return self._weight(parts[0] if len(parts) == 1 else torch.cat(parts, 0), r)
+
+    def _weight(self, out, r):
+        """MLP outputs (E, r, r, O) -> the weight (O r^2, C, k, k) in PixelShuffle's layout."""
         k, O = self.kernel_size, self.out_per_pos
-        out = out.view(self.dim, k, k, r, r, O).permute(5, 3, 4, 0, 1, 2)
+        out = out.reshape(self.dim, k, k, r, r, O).permute(5, 3, 4, 0, 1, 2)
         return out.reshape(O * r * r, self.dim, k, k)
+
+    def traced_kernel(self, r):
+        """``kernel`` in traceable form for a 0-d int64 tensor ``r`` (ONNX: the scale given at run time): the
+        same Fourier features and MLP with the grid axis and phase input computed from the tensor, no
+        chunking over kernel elements, FGRep applied."""
+        axis = traced_coord_axis(r, self.freq)
+        phase_in = (2.0 / torch.clamp(r.to(torch.float64), max=float(int(self.max_s)))).to(self.freq.dtype)
+        w = self._weight(self.mlp(self.fourier_features(axis, phase_in)), r)
+        return d4_average(w) if self.geo_ensemble else w
 
     def kernel(self, scale):
         """The weight used in ``forward``: ``generate(scale)``, D4-averaged when ``geo_ensemble``."""
@@ -226,6 +236,24 @@ class ImplicitKernelGenerator(nn.Module):
                 f'geo_ensemble={self.geo_ensemble}, max_s={self.max_s}')
 
 
+def traced_conv_same(feat, weight, k):
+    """``F.conv2d(feat, weight, padding=k // 2)`` as unfold + matmul, for traced graphs: the ONNX exporter
+    cannot export a convolution whose weight has a run-time shape. Channel order of ``unfold``:
+    ``c * k * k + u * k + v``, the row-major flattening of a (C, k, k) kernel."""
+    B, C, h, w = feat.shape
+    cols = F.unfold(feat, k, padding=k // 2)                        # (B, C k k, h w)
+    out = torch.matmul(weight.reshape(weight.shape[0], -1), cols)   # (B, out, h w)
+    return out.reshape(B, -1, h, w)
+
+
+def traced_pixel_shuffle(y, r):
+    """``F.pixel_shuffle(y, r)`` for a run-time ``r`` (a 0-d tensor; ONNX DepthToSpace needs a constant block
+    size)."""
+    B, C, h, w = y.shape
+    c = C // (r * r)
+    return y.reshape(B, c, r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(B, c, h * r, w * r)
+
+
 def _grouped_linear(x, weight, bias, groups):
     """A grouped 1x1 conv (weight (O, I/groups, 1, 1)) applied to the last axis of x (..., I)."""
     w = weight.flatten(1)
@@ -257,6 +285,10 @@ class IGConv(ImplicitKernelGenerator):
         if add_val is not None:
             y = y + add_val
         return F.pixel_shuffle(y, r)
+
+    def traced_forward(self, feat, r):
+        """``forward(feat, r)`` in traceable form for a 0-d int64 tensor ``r`` (``traced_kernel``)."""
+        return traced_pixel_shuffle(traced_conv_same(feat, self.traced_kernel(r), self.kernel_size), r)
 
     @torch.no_grad()
     def instantiate(self, scale):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register
-from .igconv import ImplicitKernelGenerator, check_integer_scale, fixed_conv
+from .igconv import ImplicitKernelGenerator, check_integer_scale, fixed_conv, traced_conv_same
 
 #: Output channels per (kernel element, sub-pixel): 2 axes x 3 colours for offsets, the same for scope.
 N_OUT = 12
@@ -102,6 +102,12 @@ class IGSample(nn.Module):
         q = F.conv2d(feat, self.kernel(r), padding=self.kernel_size // 2)
         offsets, scope = q.chunk(2, dim=1)
         return sample_with_offsets(img, offsets, scope, r)
+
+    def traced_forward(self, img, feat, r):
+        """``forward(img, feat, r)`` in traceable form for a 0-d int64 tensor ``r``."""
+        q = traced_conv_same(feat, self.convs.traced_kernel(r), self.kernel_size)
+        n = N_OUT // 2 * r * r
+        return sample_with_offsets(img, q[:, :n], q[:, n:], r)
 
     @torch.no_grad()
     def instantiate(self, scale):

@@ -26,7 +26,7 @@ import copy
 import torch
 from torch import nn
 
-from utils.coords import make_coord, nearest_index
+from utils.coords import make_coord, nearest_index, spatial_size
 
 from .. import registry
 from ..capabilities import Capabilities, encoder_traits
@@ -108,15 +108,19 @@ class IGConvSR(nn.Module):
 
     #: Fixed-grid model: integer, isotropic scales only (callers check with ``check_integer_scale``).
     integer_scales_only = True
+    #: Largest training scale (``models.load_model`` sets it from the checkpoint; IGConv never uses cells).
+    max_train_scale = 4
 
     @property
     def capabilities(self):
         window, radius = encoder_traits(self.encoder)
         return Capabilities(kind='grid', integer_scales_only=True, window=window, receptive_radius=radius,
-                            decoder_reach=3, name='igconv-sr')
+                            decoder_reach=3, max_train_scale=self.max_train_scale, name='igconv-sr',
+                            traceable=True)
 
-    def upscale_grid(self, inp, size):
-        """Grid protocol: (B, 3, h, w) -> (B, 3, H, W) with H = r h, W = r w for an integer r."""
+    def upscale_grid(self, inp, size, cell=None):
+        """Grid protocol: (B, 3, h, w) -> (B, 3, H, W) with H = r h, W = r w for an integer r. ``cell`` (the
+        plan's, see ``models.capabilities``) is not used: IGConv's output depends on the scale only."""
         h, w = inp.shape[-2:]
         r = check_grid_size(size, (h, w))
         return self.upsample(inp, r)
@@ -201,6 +205,16 @@ class IGConvSR(nn.Module):
         index = (iy * W + ix).expand(B, Q)
         return flat.gather(1, index.unsqueeze(-1).expand(B, Q, C))
 
+    def traced_upsample(self, inp, r):
+        """``upsample(inp, r)`` in traceable form for a 0-d int64 tensor ``r`` (the ONNX graph that takes the
+        scale at run time): kernels generated in the graph, convolutions as unfold + matmul."""
+        h, w = spatial_size(inp)
+        feat = self.encoder(inp)
+        out = self.upsampler.traced_forward(feat, r)
+        if self.skip is not None:
+            out = out + self.skip.traced_forward(match_feature_size(self.encoder, inp, feat), feat, r)
+        return out[..., :r * h, :r * w]
+
     @torch.no_grad()
     def instantiate(self, scale):
         """A deployment model for one scale: the *same* encoder (shared, not copied) and the upsampler
@@ -222,8 +236,8 @@ class InstantiatedIGConvSR(nn.Module):
                             receptive_radius=radius, decoder_reach=3,
                             name='igconv-sr-instantiated')
 
-    def upscale_grid(self, inp, size):
-        """Grid protocol at the one instantiated scale."""
+    def upscale_grid(self, inp, size, cell=None):
+        """Grid protocol at the one instantiated scale (``cell`` not used, as in ``IGConvSR``)."""
         r = check_grid_size(size, inp.shape[-2:])
         if r != self.scale:
             raise ValueError(f'this model was instantiated for x{self.scale}, got x{r}')

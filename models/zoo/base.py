@@ -80,16 +80,17 @@ class PublishedIGConvSR(nn.Module):
     instantiated_scale = None
 
     def _make_upsamplers(self, dim, sk_kernel_size, implicit_dim, latent_layers, geo_ensemble, plus, max_s,
-                         skip_implicit_dim=None, skip_latent_layers=None):
+                         skip_implicit_dim=None, skip_latent_layers=None, skip_kernel_size=None):
+        skip_kernel_size = sk_kernel_size if skip_kernel_size is None else skip_kernel_size
         for name, value in (('implicit_dim', implicit_dim), ('latent_layers', latent_layers),
-                            ('sk_kernel_size', sk_kernel_size), ('max_s', max_s)):
+                            ('sk_kernel_size', sk_kernel_size), ('max_s', max_s), ('skip kernel size', skip_kernel_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f'{type(self).__name__}: {name} must be a positive integer, got {value!r}')
         self.plus = bool(plus)
         self.add_module(self.UPSAMPLER, IGConv(dim, sk_kernel_size, implicit_dim, latent_layers,
                                                geo_ensemble=geo_ensemble, max_s=max_s))
         if self.plus:
-            self.skip = IGSample(dim, sk_kernel_size,
+            self.skip = IGSample(dim, skip_kernel_size,
                                  implicit_dim // 2 if skip_implicit_dim is None else skip_implicit_dim,
                                  latent_layers // 2 if skip_latent_layers is None else skip_latent_layers,
                                  geo_ensemble=geo_ensemble, max_s=max_s)
@@ -97,9 +98,12 @@ class PublishedIGConvSR(nn.Module):
             self.skip = None
         self.feat_dim = dim
         self.max_s = max_s
+        # largest training scale (``models.load_model`` replaces it by a checkpoint's): the published x8 models
+        # (max_s 8) were trained to x8, the others to x4
+        self.max_train_scale = max(max_s, 4)
         # LR pixels the head reads beyond a pixel: the k x k conv, plus IGSample's bilinear neighbour (exact
         # while its learned offsets stay below one LR pixel, which nothing enforces)
-        self._reach = sk_kernel_size // 2 + (1 if self.plus else 0)
+        self._reach = max(sk_kernel_size // 2, skip_kernel_size // 2 + 1 if self.plus else 0)
 
     @property
     def upsampler(self):
@@ -120,12 +124,8 @@ class PublishedIGConvSR(nn.Module):
         r = self.instantiated_scale
         return Capabilities(kind='grid', integer_scales_only=True, scales=None if r is None else (r,),
                             window=self.window, receptive_radius=self.receptive_radius, decoder_reach=self._reach,
-                            max_train_scale=self.max_s if self.max_s > 4 else 4, input_range='unit',
+                            max_train_scale=self.max_train_scale, input_range='unit',
                             name=type(self).registry_name)
-
-    @property
-    def max_train_scale(self):
-        return self.capabilities.max_train_scale
 
     @staticmethod
     def check_scale(scale_h, scale_w=None):
@@ -173,8 +173,9 @@ class PublishedIGConvSR(nn.Module):
         r = self._scale(scale)
         return TEST_FORWARDS[self.TEST_FORWARD](self, inp, r)
 
-    def upscale_grid(self, inp, size):
-        """Engine entry: inp (B, 3, h, w) in [0, 1] -> (B, 3, H, W) with (H, W) = r (h, w), r an integer."""
+    def upscale_grid(self, inp, size, cell=None):
+        """Engine entry: inp (B, 3, h, w) in [0, 1] -> (B, 3, H, W) with (H, W) = r (h, w), r an integer.
+        ``cell`` (the plan's) is not used: the output depends on the scale only."""
         _check_input(inp, type(self).__name__)
         H, W = (int(s) for s in size)
         h, w = inp.shape[-2:]

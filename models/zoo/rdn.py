@@ -13,13 +13,16 @@ class RDNIGPlus(PublishedIGConvSR, RDNTrunk):
 
     ``RDNconfig``: 'B' (published: 16 blocks x 8 convs, growth 64), 'A' (20, 6, 32), or an explicit
     (D, C, G) triple (our extension, for small experiments). The encoder is ``models.encoders.rdn.RDNTrunk``
-    (the same layers and state-dict names as ``rdn``)."""
+    (the same layers and state-dict names as ``rdn``). Arguments, order and defaults as published
+    (``geo_ensemble`` False, as the published class; its option file sets it true); ``n_colors``: 3 only."""
 
     UPSAMPLER = 'UPNet'
 
-    def __init__(self, G0=64, RDNkSize=3, RDNconfig='B', implicit_dim=256, latent_layers=4, geo_ensemble=True,
-                 sk_kernel_size=3, max_s=4, return_skip=False):
+    def __init__(self, G0=64, RDNkSize=3, RDNconfig='B', n_colors=3, sk_kernel_size=3, implicit_dim=256,
+                 latent_layers=4, geo_ensemble=False, max_s=4, return_skip=False):
         super().__init__()
+        if n_colors != 3:
+            raise ValueError(f'RDNIGPlus: only RGB (n_colors = 3) is supported, got {n_colors!r}')
         if isinstance(RDNconfig, (list, tuple)):     # extension: explicit (D blocks, C convs, G growth)
             if len(RDNconfig) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                                               for v in RDNconfig):

@@ -46,8 +46,9 @@ def check_window_multiple(who, x, window_size):
 class SwinIRMS(_MeanShifted, SwinTrunk):
     """SwinIR (BasicSR ``SwinIR`` arguments) with IGConv fed the 180-ch ``conv_after_body(...) + x``.
 
-    ``upsampler``: ``'igconv'`` or ``'igconv+igsample'`` (IGConv+, FGRep on unless ``geo_ensemble``
-    says otherwise). Only the published settings of the BasicSR options are supported (patch_size 1,
+    ``upsampler``: ``'igconv'`` (the published default) or ``'igconv+igsample'`` (IGConv+); ``geo_ensemble``
+    (FGRep) defaults to True for both, as published. ``max_s`` is our extension (the published class
+    accepts and ignores it: its IGConv always clamps at 4). Only the published settings of the BasicSR options are supported (patch_size 1,
     no absolute position embedding, patch norm, ``resi_connection`` '1conv'). The encoder is
     ``models.encoders.swinir.SwinTrunk`` (the same layers and state-dict names as ``swinir``).
     """
@@ -58,9 +59,8 @@ class SwinIRMS(_MeanShifted, SwinTrunk):
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.1, ape=False, patch_norm=True, use_checkpoint=False,
-                 upscale=2, img_range=1.0, upsampler='igconv+igsample', resi_connection='1conv',
-                 implicit_dim=256, latent_layers=4, geo_ensemble=None, sk_kernel_size=3, max_s=4,
-                 return_skip=False):
+                 upscale=2, img_range=1.0, upsampler='igconv', resi_connection='1conv',
+                 sk_kernel_size=3, implicit_dim=256, latent_layers=4, geo_ensemble=True, return_skip=False, max_s=4):
         super().__init__()
         check_fixed_options('SwinIRMS', patch_size=patch_size, in_chans=in_chans, qkv_bias=qkv_bias,
                             qk_scale=qk_scale, ape=ape, patch_norm=patch_norm, resi_connection=resi_connection,
@@ -70,8 +70,7 @@ class SwinIRMS(_MeanShifted, SwinTrunk):
         self._set_mean(DIV2K_MEAN, img_range)
         self.window_size = self.window = int(window_size)
         self.build_trunk(img_size, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio, drop_path_rate)
-        geo = plus if geo_ensemble is None else bool(geo_ensemble)
-        self._make_upsamplers(embed_dim, sk_kernel_size, implicit_dim, latent_layers, geo, plus, max_s)
+        self._make_upsamplers(embed_dim, sk_kernel_size, implicit_dim, latent_layers, bool(geo_ensemble), plus, max_s)
         _check_return_skip(type(self).__name__, return_skip)
         self.apply(self._init_weights)     # after the upsamplers, as published: their Linear layers too
         self.receptive_radius = None   # shifted-window attention
