@@ -24,10 +24,12 @@ wraps them in the graph forms:
   scalar, an integer >= 1) ``-> (B, 3, r h, r w)``; the kernels are generated in the graph.
 
 All forms normalise the input as ``(x - 0.5) / 0.5``, denormalise the output and clamp it to [0, 1].
-The models' queries run unchunked in the graph (all H x W queries at once): memory grows with the output,
-so large outputs should be rendered in tiles: :class:`OnnxRuntimeModel` runs an arbitrary-form graph
-behind the engine's implicit-model protocol, so that the engine's own ``Tiled`` strategy renders with it
-(:func:`run_tiled`). CMSR is a rendering strategy of the engine and is not part of the graphs.
+The fixed form of implicit models is exported with its queries in an ONNX ``Loop`` of ``chunk`` queries per
+iteration (:func:`export_onnx`, :func:`chunked_fixed_graph`), so its memory is bounded whatever the output size;
+the arbitrary form answers the queries it is given, so large outputs are rendered in tiles or query batches:
+:class:`OnnxRuntimeModel` runs an arbitrary-form graph behind the engine's implicit-model protocol, so that the
+engine's own ``Tiled`` strategy renders with it (:func:`run_tiled`). The channel dimension of images is fixed
+to 3 in the graphs' signatures, batch and sizes are symbolic. CMSR is a rendering strategy of the engine and is not part of the graphs.
 """
 import math
 
@@ -524,16 +526,16 @@ def benchmark_row(name, model, scale, lr_size, repeats=3, warmup=1, max_queries=
     Returns a dict row for ``scripts/benchmark.py``: ``model`` = '<name> (onnx)', ``scale``, ``input``,
     ``output``, ``total_s`` (ONNX Runtime, median), ``torch_s`` (the same whole-image graph in PyTorch,
     median), ``max_diff`` (ONNX Runtime vs the engine) and ``note``. Outputs above ``max_queries`` pixels are
-    not run (the graph answers every query at once: memory grows with the output, about 7.5 KB per output
-    pixel for LM-LIIF and several times that for LIIF; see :func:`run_tiled`).
+    not run (a bound on the benchmark's time: the untiled PyTorch graph it is compared with holds every query
+    at once, about 7.5 KB per output pixel for LM-LIIF and several times that for LIIF).
     """
     from engine.profiling import time_fn
     h, w = lr_size
     H, W = output_size((h, w), scale)
     row = {'model': f'{name} (onnx)', 'scale': scale, 'input': f'{w}x{h}', 'output': f'{W}x{H}'}
     if H * W > max_queries:
-        row['note'] = (f'ONNX not run: {H * W:,} output pixels in one graph call exceed {max_queries:,} '
-                       f'(render in tiles, engine.export.run_tiled)')
+        row['note'] = (f'ONNX not run: {H * W:,} output pixels exceed {max_queries:,} (the untiled PyTorch graph '
+                       f'it is compared with holds every query at once)')
         return row
     model = model.to('cpu').eval()
     graph = make_graph(model, 'fixed', scale)
