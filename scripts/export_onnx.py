@@ -33,7 +33,11 @@ if not __package__:   # run as a file: the project's packages are importable onl
     sys.exit('export_onnx.py: error: run it from the repository root as a module: python -m scripts.export_onnx ...')
 
 SCRIPT = 'export_onnx.py'
-MAX_CHECK_PIXELS = 16 << 20     # output pixels of one check (--check-sizes times --scale)
+#: output pixels of one check (--check-sizes times the scale): a chunked fixed graph's memory does not grow with
+#: them (only the time does); a graph that answers every query at once (the arbitrary form, --chunk 0) needs
+#: about 7.5 KB per pixel for LM-LIIF and several times that for LIIF
+MAX_CHECK_PIXELS = 16 << 20
+MAX_CHECK_QUERIES_AT_ONCE = 1 << 18
 
 
 def parse_sizes(text, name='--check-sizes'):
@@ -117,13 +121,24 @@ def check_args(args):
     scale = export.parse_export_scale(args.scale) if args.form == 'fixed' else None
     sizes = parse_sizes(args.check_sizes)
     if scale is not None:
-        for h, w in sizes:     # the checks render these in PyTorch and ONNX Runtime on the CPU
-            H, W = export.output_size((h, w), scale)
-            if H * W > MAX_CHECK_PIXELS:
-                raise InputError(f'--scale {args.scale}: the check of {h}x{w} would render {H}x{W}, more than the '
-                                 f'{MAX_CHECK_PIXELS // 2**20} megapixels a check allows (a smaller --scale or '
-                                 f'--check-sizes)')
+        check_outputs(sizes, [args.scale], MAX_CHECK_PIXELS if args.chunk != 0 else MAX_CHECK_QUERIES_AT_ONCE,
+                      '--scale', '' if args.chunk != 0 else ' with --chunk 0')
+    if args.form == 'arbitrary' and args.check_scales is not None:
+        check_outputs(sizes, parse_scales(args.check_scales), MAX_CHECK_QUERIES_AT_ONCE, '--check-scales',
+                      ' (the arbitrary form answers every query of a check at once)')
     return scale, sizes
+
+
+def check_outputs(sizes, scales, limit, flag, why=''):
+    """Refuse scales whose check outputs (--check-sizes times each scale) exceed ``limit`` pixels."""
+    from engine import export
+    from utils.validate import InputError
+    for s in scales:
+        for h, w in sizes:     # the checks render these in PyTorch and ONNX Runtime on the CPU
+            H, W = export.output_size((h, w), s)
+            if H * W > limit:
+                raise InputError(f'{flag} {s}: the check of {h}x{w} would render {H}x{W}, more than the '
+                                 f'{limit:,} pixels a check allows{why} (a smaller {flag} or --check-sizes)')
 
 
 def torch_version():
@@ -199,6 +214,8 @@ def main(argv=None):
     scales = None
     if args.form == 'arbitrary':
         scales = parse_scales(args.check_scales or ('2,3,4' if kind == 'grid' else '2,3.5,6'))
+        check_outputs(sizes, scales, MAX_CHECK_QUERIES_AT_ONCE, '--check-scales',
+                      ' (the arbitrary form answers every query of a check at once)')
         for s in scales if kind == 'grid' else ():     # refused before any export work
             export.example_inputs('arbitrary', (1, 1), s, kind='grid')
     t = time.perf_counter()

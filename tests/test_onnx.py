@@ -220,7 +220,9 @@ def test_absurd_script_values_are_refused_up_front(tmp_path, capsys):
     cases = [(['--scale', '1e9'], '--scale'), (['--scale', '4', '--opset', '1000'], '--opset'),
              (['--scale', 'inf'], 'scale'), (['--scale', '4', '--tol', '5'], '--tol'),
              (['--scale', '4', '--chunk', '-3'], '--chunk'), (['--scale', '4', '--check-sizes', '9999x2'], '512'),
-             (['--form', 'arbitrary', '--chunk', '100'], '--chunk')]
+             (['--form', 'arbitrary', '--chunk', '100'], '--chunk'),
+             (['--form', 'arbitrary', '--check-scales', '2,900'], '--check-scales'),
+             (['--scale', '100', '--chunk', '0'], '--chunk 0')]
     for argv, word in cases:
         rc = run(export_onnx.main, ['--model', str(tmp_path / 'missing.pth'), '--output', str(out)] + argv,
                  'export_onnx.py')
