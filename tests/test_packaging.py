@@ -89,6 +89,13 @@ def test_pip_install_gives_console_commands_that_upscale_like_demo(tmp_path):
     for cmd in COMMANDS:
         out = subprocess.run([str(bindir / cmd), '--help'], capture_output=True, text=True, cwd=work, env=ENV)
         assert out.returncode == 0 and out.stdout.startswith('usage:'), (cmd, out.stderr)
+    # the modules and the API from any folder
+    out = subprocess.run([str(py), '-m', 'scripts.export_onnx', '--help'], capture_output=True, text=True, cwd=work,
+                         env=ENV)
+    assert out.returncode == 0 and 'usage:' in out.stdout, out.stderr
+    out = subprocess.run([str(py), '-c', 'import api, hubconf; from scripts import console; print(console.root())'],
+                         capture_output=True, text=True, cwd=work, env=ENV)
+    assert out.returncode == 0 and os.path.samefile(out.stdout.strip(), site), out.stderr
     model = os.path.join(site, 'save', 'pretrained_models', 'edsr-b_lm-liif.pth')
     args = ['--input', str(ROOT / 'assets' / 'demo_lr.png'), '--scale', '2', '--model']
     out = subprocess.run([str(bindir / 'lmf-demo')] + args + [model, '--output', str(work / 'x2.png')],
