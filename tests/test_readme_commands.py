@@ -238,16 +238,18 @@ def problems(cmd, root=ROOT, made=()):
 
 
 def substituted_args(cmd, tmp, root=ROOT):
-    """The command's arguments with placeholders replaced by repository files (absolute, so that the command
-    runs from any folder) and outputs put under ``tmp``."""
+    """The command's arguments with placeholders replaced by repository files (absolute: they stand for the
+    user's files, wherever the command runs) and outputs put under ``tmp``; paths the README writes as
+    repository paths are kept."""
     args = [PLACEHOLDERS[a] if a in PLACEHOLDERS and '/' not in PLACEHOLDERS[a] else a for a in cmd.args]
     for i, path, io, joined in cmd.file_args():
         if io == 'out':
             new = str(Path(tmp) / Path(OUTPUT_PLACEHOLDERS.get(path, path).rstrip('/')).name)
         else:
             found = resolve_input(path, root, MADE)
-            new = path if found is None or found in ('bicubic', 'True', 'False', 'true', 'false', 'auto') \
-                else str(root / found)
+            # placeholders stand for the user's own files: absolute; repository paths stay as the README
+            # writes them, so that a run from another folder checks that they resolve against the repository
+            new = str(root / found) if path in PLACEHOLDERS and found is not None else path
         args[i] = f'{args[i].partition("=")[0]}={new}' if joined else new
     return args
 
