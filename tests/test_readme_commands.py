@@ -39,8 +39,11 @@ PLACEHOLDERS = {
     'M.pth': BUNDLED, 'IN.pth': BUNDLED, 'M.safetensors': 'save/pretrained_models/edsr-b_lm-liif.safetensors',
     'T.yaml': 'save/pretrained_models/edsr-b_lm-liif_cmsr.yaml',
     'C.yaml': 'configs/train-lmf/train_edsr-baseline-lmliif.yaml',
-    'N': '65536',
+    'photos/': 'assets/', 'photos': 'assets', 'in_dir/': 'assets/',
+    'N': None,      # a number: NUMBERS by the flag it follows
 }
+#: what the placeholder ``N`` becomes after a flag (else 1)
+NUMBERS = {'--bsize': '65536', '--tile': '64', '--threads': '1', '--stop-after': '1'}
 #: placeholders for outputs (a real run needs the extension)
 OUTPUT_PLACEHOLDERS = {'OUT': 'out.png', 'OUT.safetensors': 'out.safetensors'}
 #: files the README names that come from elsewhere: a training run's output, the IGConv repository's BasicSR
@@ -181,7 +184,7 @@ def resolve_input(path, root=ROOT, made=()):
         return None
     if any(p.search(path) for p in EXTERNAL) or re.fullmatch(r'\d+x\d+', path):   # external; a size WxH
         return None
-    path = PLACEHOLDERS.get(path, path)
+    path = PLACEHOLDERS.get(path) or path
     if path in ('bicubic', 'True', 'False', 'true', 'false', 'auto'):
         return path
     candidates = [root / path]
@@ -241,7 +244,7 @@ def substituted_args(cmd, tmp, root=ROOT):
     """The command's arguments with placeholders replaced by repository files (absolute: they stand for the
     user's files, wherever the command runs) and outputs put under ``tmp``; paths the README writes as
     repository paths are kept."""
-    args = [PLACEHOLDERS[a] if a in PLACEHOLDERS and '/' not in PLACEHOLDERS[a] else a for a in cmd.args]
+    args = [NUMBERS.get(cmd.args[i - 1] if i else None, '1') if a == 'N' else a for i, a in enumerate(cmd.args)]
     for i, path, io, joined in cmd.file_args():
         if io == 'out':
             new = str(Path(tmp) / Path(OUTPUT_PLACEHOLDERS.get(path, path).rstrip('/')).name)
