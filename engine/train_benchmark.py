@@ -10,7 +10,8 @@ the training run exactly as ``train.py`` does (``engine.run_setup.setup_run``) a
 * backward: ``loss.backward()``;
 * optimizer: the optimizer step (and EMA update when configured).
 
-The four add up to the step time (measured end to end). On CUDA every boundary is synchronised.
+The four add up to the step time, which is measured apart, end to end. On CUDA every boundary is
+synchronised.
 
 The published loop (``--published PATH``, a checkout of the LMF repository) runs in a second worker process
 that imports the checkout's own ``datasets``, ``models`` and ``utils`` (its ``image-folder`` with
@@ -145,12 +146,13 @@ class _Clock:
         self.sync()
         self.marks.append((name, time.perf_counter()))
 
-    def split(self):
-        """{phase: seconds} of the step just timed; forward/backward summed over micro-batches."""
+    def split(self, total):
+        """{phase: seconds} of the step just timed (forward/backward summed over micro-batches) and
+        ``total``, the step's wall time measured apart by the caller (the phases should add up to it)."""
         out = dict.fromkeys(PHASES, 0.0)
         for (_, t0), (name, t1) in zip(self.marks, self.marks[1:]):
             out[name] += t1 - t0
-        out['total'] = self.marks[-1][1] - self.marks[0][1]
+        out['total'] = total
         return out
 
 
@@ -173,6 +175,7 @@ class OursLoop:
 
     def step(self):
         from engine.training import train_step
+        t0 = time.perf_counter()
         self.clock.start()
         try:
             batch = next(self.batches)
@@ -181,8 +184,10 @@ class OursLoop:
             batch = next(self.batches)
         self.clock('data')
         loss, _, _ = train_step(self.run, [batch], 1, self.count, probe=self.clock)
+        self.clock.sync()
+        total = time.perf_counter() - t0
         self.count += 1
-        return self.clock.split(), loss
+        return self.clock.split(total), loss
 
     def close(self):
         self.run.close()
@@ -247,6 +252,7 @@ class PublishedLoop:
 
     def step(self):
         clock = self.clock
+        t0 = time.perf_counter()
         clock.start()
         try:
             batch = next(self.batches)
@@ -269,7 +275,8 @@ class PublishedLoop:
         clock('backward')
         self.optimizer.step()
         clock('optimizer')
-        return clock.split(), value
+        total = time.perf_counter() - t0
+        return clock.split(total), value
 
     def close(self):
         pass
