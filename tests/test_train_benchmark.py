@@ -138,3 +138,33 @@ def test_region_equals_window_of_item(tmp_path):
         size, crop = ds.region(0)
         assert tuple(size) == (40, 56)
         assert torch.equal(crop(3, 5, 20, 17), ds[0][:, 3:23, 5:22])
+
+
+@pytest.mark.parametrize('mod_scale,mod_shift,extra', [(True, True, 0), (True, False, 0), (False, True, 5)])
+def test_lmmlp_split_modulations_equal_sliced_reference(mod_scale, mod_shift, extra):
+    """The training path splits the modulations once (one concatenation in backward); outputs and every
+    gradient equal those of the straightforward per-layer slices, bit for bit."""
+    from models.decoders.mlp import LMMLP
+    m = LMMLP(10, 3, 16, 4, mod_scale, mod_shift)
+    x = torch.randn(300, 10, requires_grad=True)
+    mod = torch.randn(300, m.mod_dim + extra, requires_grad=True)
+    y = m(x, mod)
+    y.square().sum().backward()
+    got = [y.detach(), x.grad, mod.grad] + [p.grad for p in m.parameters()]
+    x.grad = mod.grad = None
+    m.zero_grad()
+    h = x
+    for k in range(m.hidden_depth):
+        h = m.hidden(k)(h)
+        if mod_scale:
+            h = h * (1 + mod[:, k * 16:(k + 1) * 16])
+        if mod_shift:
+            off = 16 * m.hidden_depth * int(mod_scale)
+            h = h + mod[:, off + k * 16:off + (k + 1) * 16]
+        h = torch.relu(h)
+    ref = m.layers[-1](h)
+    ref.square().sum().backward()
+    want = [ref.detach(), x.grad, mod.grad] + [p.grad for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    if extra:
+        assert torch.equal(mod.grad[:, m.mod_dim:], torch.zeros(300, extra))
