@@ -168,3 +168,21 @@ def test_lmmlp_split_modulations_equal_sliced_reference(mod_scale, mod_shift, ex
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     if extra:
         assert torch.equal(mod.grad[:, m.mod_dim:], torch.zeros(300, extra))
+
+
+@pytest.mark.parametrize('res_scale', [1, 0.1])
+def test_edsr_resblock_equals_published_form(res_scale):
+    """ResBlock skips the multiplication by res_scale = 1 (EDSR-baseline); values and gradients equal the
+    published ``body(x).mul(res_scale) + x``."""
+    from models.encoders.edsr import ResBlock
+    block = ResBlock(8, res_scale=res_scale)
+    x = torch.randn(2, 8, 9, 11, requires_grad=True)
+    y = block(x)
+    y.square().sum().backward()
+    got = [y.detach(), x.grad] + [p.grad for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    ref = block.body(x).mul(res_scale) + x
+    ref.square().sum().backward()
+    want = [ref.detach(), x.grad] + [p.grad for p in block.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
