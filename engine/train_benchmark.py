@@ -193,13 +193,19 @@ class OursLoop:
         self.run.close()
 
 
+def check_published(path):
+    """Refuse a folder that is not an LMF checkout (no train.py, models/, datasets/, utils.py)."""
+    if not all(os.path.exists(os.path.join(path, p)) for p in ('train.py', 'models', 'datasets', 'utils.py')):
+        raise BenchmarkError(f'--published {path}: not a checkout of the LMF repository (needs train.py, models/, '
+                             f'datasets/ and utils.py)')
+
+
 def import_published(path, device):
     """The published checkout's ``datasets``, ``models``, ``utils`` modules (module docstring)."""
     import types
 
     import torch
-    if not os.path.isfile(os.path.join(path, 'train.py')) or not os.path.isdir(os.path.join(path, 'models')):
-        raise BenchmarkError(f'--published {path}: not a checkout of the LMF repository (no train.py / models/)')
+    check_published(path)
     sys.modules.setdefault('torchvision._meta_registrations', types.ModuleType('torchvision._meta_registrations'))
     if device.type != 'cuda':
         torch.Tensor.cuda = lambda self, *a, **k: self.to(device)
@@ -241,7 +247,7 @@ class PublishedLoop:
         self.optimizer = self.utils.make_optimizer(self.model.parameters(), cfg['optimizer'])
         self.model.train()
         self.loss_fn = torch.nn.L1Loss()
-        norm = cfg['data_norm']
+        norm = cfg.get('data_norm') or {'inp': {'sub': [0], 'div': [1]}, 'gt': {'sub': [0], 'div': [1]}}   # as published
         self.inp_sub = torch.FloatTensor(norm['inp']['sub']).view(1, -1, 1, 1).to(device)
         self.inp_div = torch.FloatTensor(norm['inp']['div']).view(1, -1, 1, 1).to(device)
         self.gt_sub = torch.FloatTensor(norm['gt']['sub']).view(1, 1, -1).to(device)
@@ -408,6 +414,8 @@ def run_benchmark(configs, iters=10, warmup=2, device='cpu', threads=None, worke
 
     from utils.config import load_config
     threads = threads or torch.get_num_threads()
+    if published:
+        check_published(published)
     results, data_what = [], None
     for path in configs:
         cfg = load_config(path)

@@ -42,8 +42,77 @@ def test_script_two_iterations_split_adds_up(tmp_path, capsys):
     assert '| ours |' in out and 'samples/s' in out
     assert train_benchmark.main(['--config', str(cfg), '--iters', '0']) == 1
     assert train_benchmark.main(['--config', str(cfg), '--published', str(tmp_path / 'nope')]) == 1
+    assert train_benchmark.main(['--config', str(cfg), '--published', str(data)]) == 1      # refused before any run
     err = capsys.readouterr().err
     assert 'error: --iters must be >= 1' in err and 'nope: no such folder' in err
+    assert 'not a checkout of the LMF repository' in err and 'Traceback' not in err
+
+
+FAKE_PUBLISHED = {
+    'train.py': '',
+    'datasets/__init__.py': """
+import torch
+class Folder:
+    def __init__(self, root_path, repeat=1, cache='none'):
+        self.n = 4 * repeat
+    def __len__(self):
+        return self.n
+class Wrapper:
+    def __init__(self, dataset, inp_size, sample_q, **kw):
+        self.dataset, self.s, self.q = dataset, inp_size, sample_q
+    def __len__(self):
+        return len(self.dataset)
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {'inp': torch.rand(3, self.s, self.s, generator=g), 'coord': torch.rand(self.q, 2, generator=g),
+                'cell': torch.rand(self.q, 2, generator=g), 'gt': torch.rand(self.q, 3, generator=g)}
+def make(spec, args=None):
+    cls = {'image-folder': Folder, 'sr-implicit-downsampled': Wrapper}[spec['name']]
+    return cls(**spec['args'], **(args or {}))
+""",
+    'models/__init__.py': """
+import torch
+class Tiny(torch.nn.Module):          # 7 parameters: the driver must have built this one, not ours
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+        self.extra = torch.nn.Parameter(torch.zeros(4))
+    def forward(self, inp, coord, cell):
+        mark = torch.zeros(1).cuda()         # the published models call .cuda(): made to work on the CPU
+        return (self.lin(coord) + inp.mean() + self.extra.sum() + mark).expand(-1, -1, 3)
+def make(spec, args=None, load_sd=False):
+    return Tiny()
+""",
+    'utils.py': """
+import torch
+def make_optimizer(params, spec, load_sd=False):
+    return torch.optim.Adam(params, **spec['args'])
+def calc_psnr(sr, hr):
+    return -10 * torch.log10((sr - hr).pow(2).mean())
+""",
+}
+
+
+@pytest.mark.slow
+def test_published_loop_runs_interleaved_from_a_checkout(tmp_path):
+    """--published: the second worker imports the checkout's own modules (not this project's packages of
+    the same names), runs its loop on the same config, and the ratio line is printed."""
+    from engine.train_benchmark import PHASES, format_table, run_benchmark
+    fake = tmp_path / 'LMF'
+    for name, text in FAKE_PUBLISHED.items():
+        (fake / name).parent.mkdir(parents=True, exist_ok=True)
+        (fake / name).write_text(text)
+    data = make_images(tmp_path / 'data', n=4, size=64)
+    cfg = write_config(tmp_path / 'tiny.yaml', data, batch=4)
+    results, what = run_benchmark([str(cfg)], iters=2, warmup=1, threads=1, images=4, block=1,
+                                  published=str(fake), report=lambda m: None)
+    ours, published = results
+    assert (ours.loop, published.loop) == ('ours', 'published')
+    assert published.params == 7 and ours.params > 7
+    for s in published.splits:
+        assert sum(s[k] for k in PHASES) == pytest.approx(s['total'], rel=0.05, abs=2e-3)
+    table = format_table(results, 'cpu', 1, 0, what, 2, 1)
+    assert '| published |' in table and 'ours / published samples/s = ' in table
 
 
 # ------------------------------------------------------------------------------------------------
