@@ -319,6 +319,9 @@ def worker_main(spec):
             loop = OursLoop(spec['cfg'], spec['save_dir'], spec['device'], spec['seed'], spec['workers'],
                             spec['amp'])
         send({'ready': True, 'params': loop.params})
+    except BenchmarkError as e:
+        send({'error': str(e)})
+        return 1
     except Exception as e:      # noqa: BLE001  (reported by the driver in one line)
         send({'error': f'{type(e).__name__}: {e}'})
         return 1
