@@ -26,7 +26,9 @@ CUDA imports on a CPU-only torch. The checkout's imports (torchvision, tensorboa
 importable (``PYTHONPATH``).
 
 Fairness: the two workers run in blocks of ``block`` iterations, alternately (which goes first alternates
-too), after ``warmup`` iterations each, so that a background load affects both alike. Each worker sets
+too), after ``warmup`` iterations each, so that a background load affects both alike. With DataLoader
+workers (``workers`` > 0) a loop's workers keep preparing batches while the other loop runs: its data time
+is then understated (the default, 0, loads inside the timed step). Each worker sets
 ``torch.set_num_threads(threads)`` (and ``OMP_NUM_THREADS``).
 
 Data: the config's training folders when they exist; else the stand-in photos (``load/train_standin/``:
