@@ -216,14 +216,12 @@ def import_published(path, device):
         for key in [k for k in sys.modules if k == name or k.startswith(name + '.')]:
             del sys.modules[key]
     sys.path.insert(0, os.path.abspath(path))
-    try:
-        import datasets
-        import models
-        import utils
+    import importlib
+    try:        # the checkout's modules, by name (not this project's packages of the same names)
+        return tuple(importlib.import_module(name) for name in ('datasets', 'models', 'utils'))
     except ImportError as e:
         raise BenchmarkError(f'--published {path}: cannot import its modules ({e}); install what its '
                              f'requirements.txt names or add it to PYTHONPATH') from None
-    return datasets, models, utils
 
 
 class PublishedLoop:
