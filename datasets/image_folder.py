@@ -136,13 +136,24 @@ class ImageFolder(Dataset):
         """The image file behind item ``idx``."""
         return self.files[idx % len(self.files)]
 
-    def __getitem__(self, idx):
+    def array(self, idx):
+        """The decoded uint8 (or uint16) array (H, W[, C]) of item ``idx``, before conversion to float:
+        ``__getitem__(idx)`` is ``array_to_tensor(array(idx))``. Wrappers crop it first (``region``)."""
         i = idx % len(self.files)
         if self.arrays is not None:
-            return array_to_tensor(self.arrays[i])
+            return self.arrays[i]
         if self.bin_files is not None:
-            return array_to_tensor(_load_bin(self.bin_files[i]))
-        return array_to_tensor(load_array(self.files[i])[0])
+            return _load_bin(self.bin_files[i])
+        return load_array(self.files[i])[0]
+
+    def region(self, idx):
+        """``(size (H, W), crop)`` of item ``idx``: ``crop(y0, x0, h, w)`` equals
+        ``self[idx][:, y0:y0 + h, x0:x0 + w]`` (same values) but converts only that window to float."""
+        arr = self.array(idx)
+        return arr.shape[:2], lambda y0, x0, h, w: array_to_tensor(arr[y0:y0 + h, x0:x0 + w])
+
+    def __getitem__(self, idx):
+        return array_to_tensor(self.array(idx))
 
 
 SCALE_SUFFIX = re.compile(r'^(?P<stem>.+?)(?:_LRBI|_LR|_lr)?[_-]?[xX](?P<scale>\d+(?:\.\d+)?)$')
