@@ -43,8 +43,6 @@ def build_parser():
     p.add_argument('--eval-bsize', '--eval_bsize', dest='eval_bsize', type=int, default=None,
                    help='queries per chunk (overrides the config)')
     cli.add_cmsr_args(p)
-    p.add_argument('--cmsr-exact-grid', action='store_true',
-                   help='CMSR levels on exact pixel grids instead of the published resized LR grid')
     p.add_argument('--save-dir', help='also save the SR images here (<eval_type>_<NNN>.png, 8-bit, rounded)')
     p.add_argument('--published-quantization', action='store_true',
                    help='--save-dir: truncate to 8 bits as the published test.py does (default: round)')
@@ -102,7 +100,7 @@ def open_session(args, cfg, device, table):
     fast = args.fast if args.fast is not None else model.capabilities.modulated
     chunk = args.eval_bsize or (None if fast else cfg.get('eval_bsize'))
     return Session(model, device, chunk=chunk, published_window=True, cmsr=table,
-                   cmsr_exact_grid=args.cmsr_exact_grid, **cli.session_options(args))
+                   **cli.session_options(args, 'test.py'))
 
 
 def evaluate_shard(args, session, spec, eval_type, protocol, cfg):
