@@ -344,7 +344,11 @@ def test_cmsr_eval_table(tmp_path, capsys):
     table_path = tmp_path / 't.yaml'
     cmsr.save_tables(table_path, {8: {8: 1}})     # everything at the target: PSNR unchanged, share 1
     assert cmsr_eval.main(['--model', str(ckpt), '--cmsr', str(table_path), '--root', str(tmp_path / 'data'),
-                           '--sets', 'Tiny', '--scales', '8', '--repeats', '1']) == 0
-    row = capsys.readouterr().out.strip().splitlines()[-1].split('|')[1:-1]
-    assert [c.strip() for c in row[:2]] == ['Tiny', 'x8']
-    assert row[2] == row[3] and float(row[4]) == 1.0 and float(row[5]) == 1.0
+                           '--sets', 'Tiny', '--scales', '8', '--repeats', '1', '--no-progress']) == 0
+    rows = [r.split('|')[1:-1] for r in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [[c.strip() for c in row[:3]] for row in rows] == [['Tiny', 'x8', 'exact'], ['Tiny', 'x8', 'published']]
+    exact, published = rows
+    assert exact[3] == exact[4] and float(exact[5]) == 1.0 and float(exact[6]) == 1.0
+    assert exact[9].strip() == '0 / 0'            # exact grids at the target scale: the plain rendering itself
+    border, interior = (float(v) for v in published[9].split('/'))
+    assert border > interior                      # the published grid's flat border blocks
