@@ -57,7 +57,7 @@ def test_golden_checkpoints_run_end_to_end(tmp_path, capsys, name):
     rows = list(csv.DictReader(open(results / 'per_image.csv')))
     names = ['baby', 'bird', 'butterfly', 'head', 'woman']
     assert [r['name'] for r in rows] == names
-    assert sorted(p.name for p in save_dir.iterdir()) == [f'benchmark-4_{i:03d}.png' for i in range(1, 6)]
+    assert sorted(p.name for p in save_dir.iterdir()) == [f'{n}.png' for n in names]     # named after the HR files
     base = DATA / 'benchmark' / 'Set5'
     upscale = Upscaler(load_model(str(ckpt)))
     for i, (row, stem) in enumerate(zip(rows, names), 1):
@@ -69,7 +69,7 @@ def test_golden_checkpoints_run_end_to_end(tmp_path, capsys, name):
             sr = upscale(lr, (4 * h, 4 * w))
         assert abs(float(row['psnr']) - float(metrics.psnr(sr, hr, dataset='benchmark', scale=4)[0])) <= 1e-3, row
         assert abs(float(row['ssim']) - float(metrics.ssim(sr, hr, crop_border=4)[0])) <= 1e-6, row
-        saved = np.asarray(Image.open(save_dir / f'benchmark-4_{i:03d}.png'))
+        saved = np.asarray(Image.open(save_dir / f'{stem}.png'))
         expected = np.round(np.clip(sr[0].permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
         assert saved.shape == (4 * h, 4 * w, 3) and np.array_equal(saved, expected), stem
     assert abs(summary['psnr'] - np.mean([float(r['psnr']) for r in rows])) < 1e-9
