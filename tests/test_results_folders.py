@@ -186,3 +186,13 @@ def test_non_finite_scores_are_refused_naming_the_image():
         check_scores('baby', {'psnr': float('inf'), 'ssim': 1.0})
     with pytest.raises(ValueError, match='image bird: SSIM is nan'):
         check_scores('bird', {'psnr': 30.0, 'ssim': float('nan')})
+
+
+def test_progress_goes_to_stderr_and_no_progress_turns_it_off(world, capsys):
+    base = ['--config', str(world['cfgs'][0]), '--model', str(world['ckpts'][0]), '--device', 'cpu']
+    assert test_script.main([*base, '--results-dir', str(world['root'] / 'p1')]) == 0
+    out = capsys.readouterr()
+    assert '/3 ' in out.err and 'img/s' in out.err and 'img/s' not in out.out      # per image, on stderr
+    assert test_script.main([*base, '--results-dir', str(world['root'] / 'p2'), '--no-progress']) == 0
+    out = capsys.readouterr()
+    assert out.err == '' and 'result: PSNR' in out.out
