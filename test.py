@@ -287,12 +287,20 @@ def gather_results(result):
     return result
 
 
+def finite_or_none(values):
+    """Non-finite numbers as None (JSON null): e.g. the cell clipping scale of the bicubic baseline, which is
+    infinite (never clips)."""
+    import math
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+
+
 def summarize(args, result, session, eval_type, protocol, world, table):
     """summary.json: means (None where no image has a value, e.g. SSIM below its 11x11 window), the session and
     the options that change results (``run_options``)."""
     summary = {'config': args.config, 'protocol': protocol, 'eval_type': eval_type, 'model': args.model,
                'images': len(result.rows), 'psnr': result.mean('psnr'), 'ssim': result.mean('ssim'),
-               'seconds': sum(r['seconds'] for r in result.rows), **session.describe(), 'processes': world,
+               'seconds': sum(r['seconds'] for r in result.rows), **finite_or_none(session.describe()),
+               'processes': world,
                'options': run_options(args)}
     if table is not None:
         stats = result.stats

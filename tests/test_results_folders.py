@@ -178,6 +178,12 @@ def test_no_nan_in_summary_json(world, capsys):
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f'{c} in summary.json'))
     assert summary['ssim'] is None and summary['psnr'] is not None
     assert Evaluation().mean('psnr') is None
+    # the bicubic baseline never clips cells (an infinite scale): null, not Infinity
+    code, err = run(capsys, '--config', cfg, '--model', 'bicubic', '--results-dir', world['root'] / 'b')
+    assert code == 0, err
+    summary = json.loads((world['root'] / 'b' / 'summary.json').read_text(),
+                         parse_constant=lambda c: pytest.fail(f'{c} in summary.json'))
+    assert summary['cell_clip'] is None
 
 
 def test_non_finite_scores_are_refused_naming_the_image():
