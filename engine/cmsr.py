@@ -220,6 +220,31 @@ def level_grid(size, level_size, device=None):
     return grid[0].permute(1, 2, 0).reshape(-1, 2)
 
 
+#: How far (normalised units) ``exact_level_grid`` moves points off the last LR row's / column's pixel centres.
+LAST_CENTRE_OFFSET = 1e-5
+
+
+def exact_level_grid(size, level_size, device=None):
+    """Exact level coordinates: the pixel centres of a ``level_size`` grid (``make_coord``) -> (qh*qw, 2), with
+    the rows (columns) that fall exactly on the last LR row's (column's) pixel centres moved inward by
+    ``LAST_CENTRE_OFFSET``.
+
+    Levels of odd integer scale (x1, x3, x5) contain the LR pixel centres. At the centres of the last LR row the
+    local ensemble (shifts ``v/h + 1e-6``, clamped) maps both row neighbours onto that row, every area weight
+    becomes the same 1e-9 and the query returns the plain mean of its column neighbours (the last column
+    likewise): a band of 30-40 grey levels from plain rendering around the last LR row's centres at x8 (Set5
+    ``woman``). A point 1e-5 inside gets the ensemble's limit value there instead; levels of other scales are
+    unchanged, and so is a level that renders the target grid itself (its points stay the plain rendering's).
+    """
+    h, w = size
+    grid = make_coord(level_size, device=device)
+    for axis, n in ((0, h), (1, w)):
+        last = 1 - 1 / n
+        on = (grid[:, axis] - last).abs() < 2e-6      # within the ensemble shift (1e-6) of it, float rounding
+        grid[on, axis] = last - LAST_CENTRE_OFFSET
+    return grid
+
+
 def render_points(model, state, coord, cell, chunk):
     """Eval-path renders of arbitrary points (N, 2) with cells (N, 2) for a single image -> (N, 3)."""
     return chunked(lambda c, s: model.query(state, c, s), coord.unsqueeze(0), cell.unsqueeze(0), chunk)[0]
@@ -328,7 +353,12 @@ def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=No
         if s < 1:
             continue
         qh, qw = int(h * s), int(w * s)
-        grid = make_coord((qh, qw), device=coord.device) if exact_grid else level_grid((h, w), (qh, qw), coord.device)
+        if not exact_grid:
+            grid = level_grid((h, w), (qh, qw), coord.device)
+        elif s >= S and qh * qw == Q:       # the target grid itself: the plain fast path's points
+            grid = make_coord((qh, qw), device=coord.device)
+        else:
+            grid = exact_level_grid((h, w), (qh, qw), coord.device)
         sel = select(sample_nearest(m, grid, (h, w)), i, len(lv), low, high).nonzero().squeeze(1)
         plan.append((s, qh, qw, grid, sel))
         if stats is not None:

@@ -156,6 +156,25 @@ def test_cmsr_has_no_border_artefacts_by_default(S):
     assert Upscaler(model, cmsr_tables=tables).options['cmsr_exact_grid'] is True          # the default
 
 
+def test_odd_levels_avoid_the_last_lr_centres(monkeypatch):
+    """An x3 level contains the LR pixel centres; at those of the last row / column the local ensemble collapses
+    (equal weights) and leaves a band along the bottom / right. Exact grids move those points 1e-5 inward:
+    measured 6 vs interior 17 levels, 28 with the points left on the centres (LAST_CENTRE_OFFSET = 0)."""
+    grid = cmsr.exact_level_grid((4, 5), (12, 15)).view(12, 15, 2)      # x3 of a 4x5 input
+    ref = make_coord((12, 15)).view(12, 15, 2)
+    moved_rows, moved_cols = grid[..., 0] != ref[..., 0], grid[..., 1] != ref[..., 1]
+    assert moved_rows.all(1).tolist() == [i == 10 for i in range(12)] and not moved_rows.any(1)[11]
+    assert moved_cols.all(0).tolist() == [j == 13 for j in range(15)]
+    assert torch.allclose(grid[10, :, 0], torch.full((15,), 0.75 - 1e-5))     # 1e-5 inside the last LR centre
+    model, _, x = demo_border_case(crop=48)
+    table = {8: {3: 0.33, 8: 1}}
+    border, interior = border_and_interior(model, table, x, 8, exact_grid=True)
+    assert border <= interior, (border, interior)
+    monkeypatch.setattr(cmsr, 'LAST_CENTRE_OFFSET', 0.0)
+    border0, interior0 = border_and_interior(model, table, x, 8, exact_grid=True)
+    assert border0 > interior0, (border0, interior0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('S', [8, 12])
 def test_cmsr_has_no_border_artefacts_on_the_whole_demo_image(S):
