@@ -25,7 +25,8 @@ always resampled to the exact target grid. Levels are rendered on exact pixel-ce
 (``GRIDS``: ``'exact'``); ``'published'`` renders them on the published grid (the LR pixel-centre map resized
 bilinearly), which repeats the outermost LR centres along the right and bottom borders and leaves flat blocks
 there (up to 45 grey levels from plain rendering at x8/x12 where the interior differs by at most 22); it is
-kept to reproduce the published numbers and tables. Coordinates are (row, col) in the (-1, 1) frame of the
+kept to reproduce the published numbers and tables. Exact grids also move the points that fall on the last LR
+row's / column's pixel centres slightly inward (``exact_level_grid``). Coordinates are (row, col) in the (-1, 1) frame of the
 (padded) LR input; images are normalised ``(x - 0.5) / 0.5``.
 """
 import math
