@@ -332,9 +332,10 @@ def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=No
         S: target scale (default ``sqrt(Q / (h w))``, the published value for a full grid).
         chunk: queries per ``query`` call.
         stats: an ``engine.render.RenderStats`` accumulating the rendered fraction (``add``, ``queries``).
-        exact_grid: True (default): render levels on exact pixel-centre grids (``make_coord``), so a level
-            at the target scale renders exactly the plain fast path's points and the borders carry no
-            flat blocks; False: the published bilinearly resized LR-centre grid (published numbers).
+        exact_grid: True (default): render levels on exact pixel-centre grids (``exact_level_grid``; a level
+            that renders the target grid uses ``make_coord``, exactly the plain fast path's points), so the
+            borders carry no flat blocks; False: the published bilinearly resized LR-centre grid (published
+            numbers).
         max_train_scale: level cells are clipped by ``max(s / max_train_scale, 1)``.
     Returns (1, Q, 3).
     """
