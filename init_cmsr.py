@@ -55,7 +55,9 @@ def build_parser():
                         'CMSR then renders every remaining pixel at that lower scale; see engine/cmsr.py)')
     cli.add_device_args(p)
     p.add_argument('--opt', nargs='*', default=[], metavar='KEY=VALUE', help='override config entries')
-    p.add_argument('--quiet', action='store_true')
+    p.add_argument('--quiet', action='store_true', help='no progress bar, no table lines')
+    p.add_argument('--no-progress', action='store_true',
+                   help='no progress bar (it goes to stderr, one step per image and target scale)')
     return p
 
 
@@ -171,7 +173,7 @@ def _main(argv=None):
     base = datasets.make(base_spec)
     os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
     bar = None
-    if not args.quiet and distributed_env()[0] == 0:
+    if not (args.quiet or args.no_progress) and distributed_env()[0] == 0:
         from tqdm import tqdm
         bar = tqdm(total=len(scales) * len(base), unit='img', dynamic_ncols=True)
     try:

@@ -94,13 +94,14 @@ class Session:
         clip_cells: test-time cell clipping by ``max(scale / max_train_scale, 1)``.
         max_train_scale: overrides the model's largest training scale (``--scale-max``).
         cmsr: a Scale2Mod table file (path) or a validated table set: LM models render scales beyond the
-            training range with CMSR; ``cmsr_exact_grid`` renders its levels on exact grids.
+            training range with CMSR; ``cmsr_exact_grid`` (default True) renders its levels on exact pixel
+            grids, False on the published grid (border artefacts; reproduces the published numbers).
 
     ``stats`` (``engine.render.RenderStats``) accumulates over calls.
     """
 
     def __init__(self, model, device=None, *, window=None, published_window=False, tile=None, tile_overlap=None,
-                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=False):
+                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=True):
         if device is None:
             device = str(next(iter(model.parameters()), torch.empty(0)).device)
         self.device = device
@@ -214,7 +215,8 @@ class Upscaler:
         clip_cells: test-time cell clipping by ``max(scale / max_train_scale, 1)``; ``max_train_scale``
             overrides the model's.
         cmsr_tables: a validated Scale2Mod table set (``engine.cmsr.load_tables``): LM models render
-            scales beyond the training range with CMSR; ``cmsr_exact_grid`` renders levels on exact grids.
+            scales beyond the training range with CMSR; ``cmsr_exact_grid`` (default True) renders levels on
+            exact pixel grids, False on the published grid.
         progress: a callable ``progress(n_done_queries)`` or None.
 
     ``stats`` (``engine.render.RenderStats``) accumulates over calls: queries, ``query`` calls and their
@@ -222,7 +224,7 @@ class Upscaler:
     """
 
     def __init__(self, model, bsize=None, tile=None, tile_overlap=None, window=0, published_window=False,
-                 clip_cells=True, progress=None, cmsr_tables=None, cmsr_exact_grid=False, max_train_scale=None):
+                 clip_cells=True, progress=None, cmsr_tables=None, cmsr_exact_grid=True, max_train_scale=None):
         self.model = model
         self.options = dict(chunk=bsize, tile=tile, tile_overlap=tile_overlap, window=window or 0,
                             published_window=published_window, clip=clip_cells, max_train_scale=max_train_scale,

@@ -378,9 +378,10 @@ class CMSR:
     Under window padding the levels come from the real target grid as in the published test script:
     when the padded target grid has an integer size, that whole grid is rendered (scale
     ``sqrt(Q / (hf wf))``) and cropped; otherwise the target points are rendered at the real scale.
+    ``exact_grid``: levels on exact pixel grids (default) or on the published grid (``engine.cmsr.GRIDS``).
     """
 
-    def __init__(self, plan, tables, exact_grid=False, progress=None):
+    def __init__(self, plan, tables, exact_grid=True, progress=None):
         cmsr_lib.validate_tables(tables)
         self.plan, self.tables, self.exact_grid, self.progress = plan, tables, exact_grid, progress
 
@@ -420,7 +421,7 @@ class CMSR:
         return torch.cat(outs), stats
 
 
-def choose(model, plan, tile=None, tile_overlap=None, cmsr_tables=None, cmsr_exact_grid=False, progress=None):
+def choose(model, plan, tile=None, tile_overlap=None, cmsr_tables=None, cmsr_exact_grid=True, progress=None):
     """The strategy that renders ``plan`` for ``model``: CMSR when tables are given and the scale is
     beyond the training range (``engine.cmsr.applies``), else Tiled when ``tile`` is set, else Dense."""
     caps = model.capabilities

@@ -221,8 +221,11 @@ def main(argv=None):
     t = time.perf_counter()
     data, graph, meta = export_graph(session, args, scale, path)
     torch.set_num_threads(min(torch.get_num_threads(), 4))
-    lines = check_lines(export.verify(session.model, data, args.form, graph.scale if scale is not None else None,
-                                      sizes, scales, args.tol, max_train_scale=session.max_train_scale), args.tol)
+    from tqdm import tqdm          # the parity checks, one size at a time (stderr; --quiet: none)
+    results = [r for size in tqdm(sizes, desc='ONNX Runtime checks', unit='size', leave=False, disable=args.quiet)
+               for r in export.verify(session.model, data, args.form, graph.scale if scale is not None else None,
+                                      [size], scales, args.tol, max_train_scale=session.max_train_scale)]
+    lines = check_lines(results, args.tol)
     from utils.io import atomic_write
     with atomic_write(args.output, 'wb') as f:
         f.write(data)
