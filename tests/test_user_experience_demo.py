@@ -63,6 +63,19 @@ def test_default_thread_policy(cores, load, world, expect):
     assert resources.default_threads(cores=cores, load=load, local_world=world) == expect
 
 
+def test_machine_load_sees_runs_started_together(monkeypatch):
+    """The 1-minute average lags; runnable tasks now (minus this one, median of the samples) count too."""
+    monkeypatch.setattr(os, 'getloadavg', lambda: (0.1, 0.1, 0.1))
+    readings = iter([2, 2, 9, 2, 1])                       # this run + another one, one transient spike
+    monkeypatch.setattr(resources, 'running_tasks', lambda: next(readings))
+    assert resources.machine_load(interval=0) == 1.0
+    monkeypatch.setattr(os, 'getloadavg', lambda: (3.2, 1.0, 0.5))
+    monkeypatch.setattr(resources, 'running_tasks', lambda: 1)          # only this run now, busy a minute ago
+    assert resources.machine_load(interval=0) == 3.2
+    monkeypatch.setattr(resources, 'running_tasks', lambda: None)       # no /proc: the average alone
+    assert resources.machine_load(interval=0) == 3.2
+
+
 def test_thread_choice_order_and_flag(monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     assert resources.choose_threads(None) == 3                     # the user's environment wins over the default

@@ -40,6 +40,15 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
+def running_tasks():
+    """Runnable tasks on the machine now, this thread included (``/proc/loadavg``), or None if unknown."""
+    try:
+        with open('/proc/loadavg') as f:
+            return int(f.read().split()[3].split('/')[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def machine_load(samples=5, interval=0.01):
     """How many cores other processes keep busy: the larger of the 1-minute load average and the number of
     other runnable tasks now (``/proc/loadavg``'s running count minus this thread, the median of ``samples``
@@ -52,10 +61,8 @@ def machine_load(samples=5, interval=0.01):
         average = 0.0
     readings = []
     for i in range(samples):
-        try:
-            with open('/proc/loadavg') as f:
-                running = int(f.read().split()[3].split('/')[0])
-        except (OSError, ValueError, IndexError):
+        running = running_tasks()
+        if running is None:
             break
         readings.append(max(running - 1, 0))
         if i + 1 < samples:
