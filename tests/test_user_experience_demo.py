@@ -354,3 +354,16 @@ def test_threads_flag_is_in_the_shared_device_flags():
     p = argparse.ArgumentParser()
     cli.add_device_args(p)
     assert p.parse_args(['--threads', '4']).threads == 4 and p.parse_args([]).threads is None
+
+
+def test_test_py_from_another_directory(tmp_path, monkeypatch, capsys):
+    """A README test command (relative config, its load/... data folder) run from outside the repository."""
+    import test as test_script
+    from .conftest import DATA, need, set5_opts
+    opts = [] if (ROOT / 'load' / 'benchmark' / 'Set5').exists() else set5_opts(2)
+    if opts:
+        need(DATA, 'shared image data')
+    monkeypatch.chdir(tmp_path)
+    assert test_script.main(['--config', 'configs/test/set5-x2.yaml', '--model', 'bicubic', '--quiet',
+                             '--results-dir', 'res', *opts]) == 0
+    assert 'PSNR 33.67' in capsys.readouterr().out and (tmp_path / 'res').is_dir()   # the classic 33.66 dB
