@@ -203,6 +203,8 @@ def _main(argv):
     table = resolve_files(args, table)
     if os.path.isdir(args.input):
         return run_folder(args, table, threads)
+    if args.recursive:
+        raise validate.InputError(f'--recursive reads sub-folders of a folder --input; {args.input} is not a folder')
     (h, w), (H, W), device = check_request(args, table)
     session = open_session(args, device, table)
     t = time.perf_counter()

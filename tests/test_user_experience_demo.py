@@ -264,6 +264,8 @@ def test_demo_folder_output_placement(photos, tmp_path, capsys):
     assert '0 upscaled, 4 skipped' in capsys.readouterr().out
     assert not (inside / 'trip' / 'up').exists()
     assert run_folder(tmp_path / 'nothing', tmp_path / 'o2') == 1 and not (tmp_path / 'o2').exists()
+    assert run_folder(photos / 'a.png', tmp_path / 'o3.png', '--recursive') == 1
+    assert 'not a folder' in capsys.readouterr().err and not (tmp_path / 'o3.png').exists()
 
 
 def test_api_folder(photos, tmp_path):
