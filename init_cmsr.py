@@ -156,6 +156,9 @@ def _main(argv=None):
     if not (args.mse_threshold > 0 and math.isfinite(args.mse_threshold)):
         raise ValueError('--mse-threshold must be a positive number')
     validate.cli_numbers(args, 'init_cmsr.py', {'max_train_scale': '--trained-scale'})
+    cli.apply_threads(args)
+    from engine.inference import resolve_path
+    args.config = resolve_path(args.config, 'config')        # bundled configs from any working directory
     validate.output_file(args.save_path, '--save-path', inputs=(args.config, args.model), create_parent=True,
                          extensions=('.yaml', '.yml'))  # before any compute
     cfg = apply_overrides(load_config(args.config), args.opt)

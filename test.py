@@ -365,6 +365,9 @@ def _main(argv=None):
     from engine.distributed import distributed_env
     from utils import validate
     validate.cli_numbers(args, 'test.py', {'max_train_scale': '--scale-max'})
+    cli.apply_threads(args)
+    from engine.inference import resolve_path
+    args.config = resolve_path(args.config, 'config')        # bundled configs from any working directory
     cfg, spec, eval_type, protocol = read_config(args)
     table = cli.cmsr_table_path(args.cmsr, args.cmsr_path)   # contradictory CMSR flags: refused before any work
     folder, model_name, config_name = output_folders(args, spec, protocol)

@@ -105,7 +105,8 @@ class ImageFolder(Dataset):
             raise DatasetError(f'image-folder: {_arg} is an empty list')
         if split_file is not None and not isinstance(split_file, (str, os.PathLike)):
             raise DatasetError(f'image-folder: split_file must be a path, got {type(split_file).__name__}')
-        roots = [os.path.normpath(os.fspath(r)) for r in roots]
+        from engine.inference import repo_relative      # config paths work from any working directory
+        roots = [os.path.normpath(repo_relative(r)) for r in roots]
         self.root, self.repeat, self.cache = roots[0] if len(roots) == 1 else roots, int(repeat), cache
         self.files = [f for r in roots for f in _list_files(r, split_file, split_key, None)]
         if first_k is not None:
@@ -268,7 +269,7 @@ class PairedImageFolders(Dataset):
             if s is None:
                 named = name_scale.get(lr)
                 expect = f'; its name says x{named:g}' if named is not None else ''
-                raise DatasetError(f'LR {lr} ({lr_size[0]}x{lr_size[1]}) and HR {hr} ({hr_size[0]}x{hr_size[1]}) '
+                raise DatasetError(f'LR {lr} ({lr_size[1]}x{lr_size[0]}) and HR {hr} ({hr_size[1]}x{hr_size[0]}) '
                                    f'are not an integer-scale pair (LR = HR // s){expect}')
             self.pair_scales.append(s)
         # the folders in matched order (then the requested cache, built on the matched lists)

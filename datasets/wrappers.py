@@ -60,7 +60,7 @@ def random_crop_origin(rng, size, crop, what):
     """Uniform top-left (y0, x0) of a ``crop`` x ``crop`` window inside an image of ``size`` (H, W)."""
     H, W = size
     if crop > H or crop > W:
-        raise DatasetError(f'{what}: a {crop}x{crop} crop does not fit in the {H}x{W} image')
+        raise DatasetError(f'{what}: a {crop}x{crop} crop does not fit in the {W}x{H} image')
     return int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
 
 
@@ -186,7 +186,7 @@ class SRImplicitDownsampled(RandomWrapper):
             h_lr = math.floor(img.shape[-2] / s + 1e-9)
             w_lr = math.floor(img.shape[-1] / s + 1e-9)
             if min(h_lr, w_lr) < 1:
-                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-2]}x{img.shape[-1]} image is '
+                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-1]}x{img.shape[-2]} image is '
                                    f'too small for scale {s}')
             crop_hr = img[:, :round(h_lr * s), :round(w_lr * s)]
             crop_lr = pil_bicubic_resize(crop_hr, (h_lr, w_lr))
@@ -219,7 +219,7 @@ class SRImplicitPaired(RandomWrapper):
         (h, w), (H, W) = img_lr.shape[-2:], img_hr.shape[-2:]
         s = H // h
         if s < 1 or W < w * s:
-            raise DatasetError(f'{_describe(self.dataset, idx)}: LR {h}x{w} and HR {H}x{W} are not an '
+            raise DatasetError(f'{_describe(self.dataset, idx)}: LR {w}x{h} and HR {W}x{H} are not an '
                                f'integer-scale pair')
         if self.inp_size is None:
             crop_lr, crop_hr = img_lr, img_hr[:, :h * s, :w * s]
@@ -352,7 +352,7 @@ class SRIntegerDownsampled(RandomWrapper):
             img = self.dataset[idx]
             h, w = img.shape[-2] // s, img.shape[-1] // s
             if min(h, w) < 1:
-                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-2]}x{img.shape[-1]} image is '
+                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-1]}x{img.shape[-2]} image is '
                                    f'too small for scale {s}')
             hr = img[:, :h * s, :w * s]
         else:

@@ -10,6 +10,7 @@ Argument handling only (the inference session is ``engine/inference.py``, proces
   ``--tile-overlap``, ``--scale-max`` / the published ``--scale_max``, ``--no-cell-clip``, and the CMSR table
   (``add_cmsr_args``: ``--cmsr T.yaml`` or the published ``--cmsr True --cmsr_path T.yaml``; ``--cmsr-grid
   exact|published``, default exact, published when the published spelling ``--cmsr True`` is used);
+* **threads** (``add_threads_arg``, ``apply_threads``): ``--threads N``, default ``utils.resources.default_threads``;
 * **device flags** (``choose_device``): ``--device cpu|cuda|cuda:N|mps`` or the published ``--gpu N``
   (CUDA device N; where CUDA is absent one line says the run goes on on the CPU); default CUDA, else
   MPS, else CPU; under ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (or the CPU).
@@ -55,13 +56,15 @@ def add_bool_flag(parser, name, default=None, help=None):
 
 
 def add_device_args(parser, multi=False):
-    """``--device`` and the published ``--gpu`` (``multi``: a comma list is accepted, for training)."""
+    """``--device``, the published ``--gpu`` (``multi``: a comma list is accepted, for training) and
+    ``--threads`` (scripts call ``apply_threads(args)`` once their flags are parsed)."""
     parser.add_argument('--device', default=None,
                         help='cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)')
     parser.add_argument('--gpu', default=None, metavar='N' + (',M' if multi else ''),
                         help='published spelling: run on CUDA device N' + (' (a comma list: several GPUs)'
                                                                           if multi else '')
                         + '; without CUDA the run goes on on the CPU with a note')
+    add_threads_arg(parser)
 
 
 def add_cmsr_args(parser):
@@ -92,6 +95,32 @@ def cmsr_grid(cmsr, grid, script=None):
              'right and bottom borders); --cmsr-grid exact avoids them', script)
         return 'published'
     return 'exact'
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return n
+
+
+def add_threads_arg(parser):
+    """``--threads N``: CPU threads of this process (``apply_threads``)."""
+    parser.add_argument('--threads', type=positive_int, default=None, metavar='N',
+                        help='CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable cores minus '
+                             'the cores other processes keep busy, divided among the torchrun processes on this '
+                             'machine, at least 1; README "Threads")')
+
+
+def apply_threads(args):
+    """Set torch's thread count from ``--threads`` (or the default policy, ``utils.resources.set_threads``);
+    returns the count."""
+    from utils.resources import set_threads
+    return set_threads(getattr(args, 'threads', None))
 
 
 def cmsr_table_path(cmsr, cmsr_path):

@@ -205,7 +205,7 @@ def evaluate(session, loader, eval_type, names=None, save=None, progress=None, p
             raise NonFinitePrediction(name)
         scores = score(pred, gt.cpu(), protocol, dataset, s, metrics)
         check_scores(name, scores)
-        result.add(index=i + 1, name=name, lr_size=f'{inp.shape[-2]}x{inp.shape[-1]}', hr_size=f'{H}x{W}',
+        result.add(index=i + 1, name=name, lr_size=f'{inp.shape[-1]}x{inp.shape[-2]}', hr_size=f'{W}x{H}',
                    **scores, seconds=elapsed)
         if save is not None:
             save(i, name, pred[0])

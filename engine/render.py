@@ -246,11 +246,11 @@ def check_target(capabilities, lr_size, out_size):
     name = capabilities.name or 'this model'
     r = H // h
     if capabilities.integer_scales_only and (H != r * h or W != r * w):
-        raise ValueError(f'{name} supports integer scales only (the same for rows and columns): {h}x{w} -> '
-                         f'{H}x{W} is not an integer multiple; use an implicit model such as lmliif for other scales')
+        raise ValueError(f'{name} supports integer scales only (the same for rows and columns): {w}x{h} -> '
+                         f'{W}x{H} is not an integer multiple; use an implicit model such as lmliif for other scales')
     if capabilities.scales is not None and (H != r * h or W != r * w or r not in capabilities.scales):
         raise ValueError(f'{name} supports scales {", ".join(f"x{v}" for v in capabilities.scales)} only; '
-                         f'{h}x{w} -> {H}x{W} is not one of them')
+                         f'{w}x{h} -> {W}x{H} is not one of them')
 
 
 def _frame_target(plan, lr_size, frame_size):
@@ -260,8 +260,8 @@ def _frame_target(plan, lr_size, frame_size):
     hf, wf = frame_size
     fh, fw = H * hf / h, W * wf / w
     if abs(fh - round(fh)) > 1e-9 or abs(fw - round(fw)) > 1e-9:
-        raise ValueError(f'a whole-grid model cannot render {h}x{w} -> {H}x{W} with window padding to '
-                         f'{hf}x{wf}: the padded target {fh:g}x{fw:g} is not whole pixels; use --window 0')
+        raise ValueError(f'a whole-grid model cannot render {w}x{h} -> {W}x{H} with window padding to '
+                         f'{wf}x{hf}: the padded target {fw:g}x{fh:g} is not whole pixels; use --window 0')
     return round(fh), round(fw)
 
 

@@ -523,7 +523,7 @@ def test_bare_model_names_resolve_in_save_pretrained_models(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert resolve_model_path('m.pth') == os.path.join('save', 'pretrained_models', 'm.pth')
     assert resolve_model_path('here.pth') == 'here.pth'
-    with pytest.raises(ValueError, match='looked in the working directory and in save/pretrained_models/'):
+    with pytest.raises(ValueError, match='looked in the working directory, save/pretrained_models/'):
         resolve_model_path('absent.pth')
     with pytest.raises(ValueError, match='not found: sub/m.pth'):
         resolve_model_path('sub/m.pth')

@@ -64,7 +64,7 @@ def test_golden_checkpoints_run_end_to_end(tmp_path, capsys, name):
         lr = read_rgb(base / 'LR_bicubic' / 'X4' / f'{stem}x4.png')
         h, w = lr.shape[-2:]
         hr = read_rgb(base / 'HR' / f'{stem}.png')[..., :4 * h, :4 * w]
-        assert (row['lr_size'], row['hr_size']) == (f'{h}x{w}', f'{4 * h}x{4 * w}')
+        assert (row['lr_size'], row['hr_size']) == (f'{w}x{h}', f'{4 * w}x{4 * h}')      # WIDTHxHEIGHT
         with torch.no_grad():
             sr = upscale(lr, (4 * h, 4 * w))
         assert abs(float(row['psnr']) - float(metrics.psnr(sr, hr, dataset='benchmark', scale=4)[0])) <= 1e-3, row
@@ -134,7 +134,7 @@ def run_demo(*argv):
 
 
 @pytest.mark.parametrize('target,size', [(['--scale', '2.5'], (50, 40)), (['--scale', '3,2'], (40, 48)),
-                                         (['--size', '37x51'], (51, 37)), (['--scale', '1.1'], (22, 17))])
+                                         (['--size', '37x51'], (37, 51)), (['--scale', '1.1'], (22, 17))])
 def test_demo_output_sizes(tmp_path, demo_model, target, size):
     src = rgb_image(tmp_path / 'in.png')
     out = tmp_path / 'out.png'
