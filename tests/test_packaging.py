@@ -130,8 +130,6 @@ def test_editable_install_runs_from_the_checkout(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason='the default model from another folder needs the repository-root '
-                                        'resolution of engine/inference.py (issue 23, item 2)')
 def test_installed_demo_finds_the_default_model_from_another_folder(tmp_path):
     py, bindir, site = _venv(tmp_path / 'venv')
     _install(py, _source_copy(tmp_path / 'src'))

@@ -376,15 +376,6 @@ def run_for_real(cmd, cwd, tmp, image):
     return out
 
 
-def _root_resolution_available(tmp_path):
-    """Whether repository paths (``save/pretrained_models/...``) given from another folder resolve (issue 23,
-    item 2: resolution against the repository)."""
-    probe = ('import os, sys; sys.path.insert(0, sys.argv[1]); from engine.inference import resolve_model_path;'
-             'resolve_model_path("save/pretrained_models/edsr-b_lm-liif.pth")')
-    return subprocess.run([sys.executable, '-c', probe, str(ROOT)], cwd=tmp_path, capture_output=True,
-                          env=ENV).returncode == 0
-
-
 def runnable(cmd):
     """Whether a command can run here for real: it has arguments and reads only repository files."""
     try:
@@ -399,8 +390,6 @@ DEMOS = [c for c in CHECKED if c.kind == 'script' and c.target == 'demo.py' and 
 
 def _check_real(cmd, where, tmp_path, image):
     cwd = ROOT if where == 'root' else tmp_path
-    if where == 'elsewhere' and not _root_resolution_available(tmp_path):
-        pytest.xfail('repository paths from another folder need the resolution of issue 23, item 2')
     out = run_for_real(cmd, cwd, tmp_path, image)
     assert out.returncode == 0, f'{cmd} (from {where}): {out.stderr.strip()}'
     written = [p for p in tmp_path.iterdir() if p.suffix in ('.png', '.onnx', '.jpg')]
