@@ -65,7 +65,9 @@ class _Main:
     def _on_term(self, signum, frame):
         if self.running:
             self.running = False          # one interrupt only
-            raise KeyboardInterrupt()
+            torchrun = os.environ.get('WORLD_SIZE', '1') not in ('', '0', '1')
+            raise KeyboardInterrupt('stopped by SIGTERM' + (' (torchrun stops every process of the group when '
+                                                             'one fails)' if torchrun else ''))
 
     def __call__(self, argv):
         import signal

@@ -1,0 +1,253 @@
+"""Hostile inputs, round 3 (issue 24), continued: torchrun (a clean exit, and a failing input on one rank),
+Ctrl-C / SIGTERM, the memory of ``save_image``, messages that say what is known, ``benchmark`` limits.
+
+Same contract as ``test_hostile_inputs.py``: exit non-zero, one line per process naming the problem, no
+traceback, nothing partial left behind (a training run keeps its last complete checkpoint)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from .conftest import ROOT, make_images, run_train, write_config
+
+
+def torchrun(args, tmp_path, nproc=2, timeout=300):
+    """``torchrun --standalone`` with each process's stdout/stderr in its own file; returns
+    (exit status, {rank: stderr lines}, the launcher's output)."""
+    logs = tmp_path / f'logs{time.monotonic_ns()}'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
+    for key in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(key, None)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+           '--log-dir', str(logs), '--redirects', '3', *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    ranks = {}
+    for dirpath, _, files in os.walk(logs):
+        if 'stderr.log' in files:
+            with open(os.path.join(dirpath, 'stderr.log')) as f:
+                ranks[int(os.path.basename(dirpath))] = f.read().strip().splitlines()
+    return proc.returncode, ranks, proc.stdout + proc.stderr
+
+
+def tiny_hr_set(folder, bad=None, n=3, size=32):
+    """n small PNGs in folder (the ``bad``-th truncated to half its bytes)."""
+    make_images(folder, n=n, size=size)
+    if bad is not None:
+        path = sorted(folder.iterdir())[bad]
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    return folder
+
+
+def eval_cmd(data, results):
+    return ['test.py', '--config', 'configs/test-lmf/set5-x4.yaml', '--quiet', '--device', 'cpu', '--model',
+            'bicubic', '--results-dir', results, '--opt', f'test_dataset.dataset.args.root_path={data}']
+
+
+# ------------------------------------------------------------------------------------------------
+# torchrun: the process group is closed before the interpreter exits
+# ------------------------------------------------------------------------------------------------
+def test_run_closes_the_process_group(monkeypatch):
+    """``engine.errors.run`` destroys the group its main started (gloo's threads joined while Python is
+    alive; without it a rank could abort at exit: 'terminate called without an active exception')."""
+    import socket
+
+    import torch.distributed as dist
+
+    from engine.distributed import init_process_group
+    from engine.errors import run
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(port))
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    seen = {}
+
+    def main(argv):
+        monkeypatch.setenv('WORLD_SIZE', '1')          # a group of one, so that no peer is needed
+        dist.init_process_group('gloo')
+        seen['initialised'] = dist.is_initialized()
+        monkeypatch.setenv('WORLD_SIZE', '2')
+        assert init_process_group('cpu') == 2           # already initialised: kept
+        return 0
+
+    assert run(main, [], 'x.py') == 0
+    assert seen['initialised'] and not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_torchrun_test_py_exits_cleanly_every_time(tmp_path):
+    """The CI failure (rank 1 SIGABRT at exit, 1 run in 4 before the fix): three runs in a row succeed."""
+    data = tiny_hr_set(tmp_path / 'HR', n=2)
+    for i in range(3):
+        code, ranks, launcher = torchrun(eval_cmd(data, tmp_path / f'r{i}'), tmp_path)
+        assert code == 0, (ranks, launcher[-2000:])
+        assert 'terminate called' not in launcher and 'SIGABRT' not in launcher
+        assert ranks == {0: [], 1: []}, ranks
+        assert (tmp_path / f'r{i}' / 'summary.json').exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 9: torchrun with a failing input
+# ------------------------------------------------------------------------------------------------
+def one_line_per_rank(ranks, own_error):
+    assert set(ranks) == {0, 1}, ranks
+    for rank, lines in ranks.items():
+        assert len(lines) <= 1, (rank, lines)
+        assert not any('Traceback' in line for line in lines)
+    assert any(own_error in line for lines in ranks.values() for line in lines), ranks
+
+
+def test_torchrun_test_py_with_a_bad_image_on_one_rank(tmp_path):
+    data = tiny_hr_set(tmp_path / 'HR', bad=1, n=3)               # image 2: rank 1's shard
+    code, ranks, launcher = torchrun(eval_cmd(data, tmp_path / 'results'), tmp_path)
+    assert code != 0
+    one_line_per_rank(ranks, 'cannot decode image')
+    assert not (tmp_path / 'results').exists()
+
+
+def test_torchrun_train_with_a_bad_image_leaves_no_run_folder(tmp_path):
+    data = tiny_hr_set(tmp_path / 'images', bad=2, n=4, size=48)
+    cfg = write_config(tmp_path / 'bad.yaml', data, epoch_max=1, batch=2, repeat=1, sample_q=64)
+    cfg.write_text(cfg.read_text().replace('cache: in_memory', 'cache: none'))   # decoded in the loop
+    code, ranks, launcher = torchrun(['train.py', '--config', cfg, '--save-root', tmp_path / 'runs', '--workers', '0',
+                                      '--no-progress', '--device', 'cpu'], tmp_path)
+    assert code != 0
+    one_line_per_rank(ranks, 'cannot decode image')
+    assert not (tmp_path / 'runs').exists(), list((tmp_path / 'runs').rglob('*'))
+
+
+def test_peer_errors_become_one_line():
+    from engine.distributed import PEER_MESSAGE, PeerFailed, peer_left
+    gloo = RuntimeError('[/x/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer '
+                        '[127.0.0.1]:417. This is typically caused by a remote worker crashing.')
+    assert peer_left(gloo) is None                          # not under torchrun: not a peer's failure
+    os.environ['WORLD_SIZE'] = '2'
+    try:
+        assert peer_left(gloo) == PEER_MESSAGE
+        assert peer_left(RuntimeError('mat1 and mat2 shapes cannot be multiplied')) is None
+        assert peer_left(PeerFailed('x')) == 'x'
+    finally:
+        del os.environ['WORLD_SIZE']
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp('images'), n=4, size=48)
+
+
+def interrupt_at(monkeypatch, epoch_to_stop):
+    import engine.training as training
+    real = training.train_epoch
+
+    def train_epoch(run, epoch):
+        if epoch == epoch_to_stop:
+            raise KeyboardInterrupt
+        return real(run, epoch)
+    monkeypatch.setattr(training, 'train_epoch', train_epoch)
+
+
+def debris(folder):
+    return [p.name for p in folder.rglob('*') if p.name.endswith('.tmp')]
+
+
+def test_ctrl_c_before_the_first_checkpoint_removes_the_new_run_folder(images, tmp_path, capsys, monkeypatch):
+    cfg = write_config(tmp_path / 'tiny.yaml', images, epoch_max=3, repeat=1, sample_q=64)
+    interrupt_at(monkeypatch, 1)
+    assert run_train(cfg, tmp_path / 'runs') == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f'train.py: interrupted during epoch 1, before the first checkpoint; removed {tmp_path / "runs"}'
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(images, tmp_path, capsys, monkeypatch):
+    from models.checkpoint import load_checkpoint
+    cfg = write_config(tmp_path / 'tiny.yaml', images, epoch_max=3, repeat=1, sample_q=64)
+    interrupt_at(monkeypatch, 2)
+    assert run_train(cfg, tmp_path / 'runs') == 130
+    run = tmp_path / 'runs' / '_tiny'
+    err = capsys.readouterr().err.strip()
+    assert err == (f'train.py: interrupted during epoch 2; {run / "epoch-last.pth"} holds epoch 1: run the same '
+                   f'command again to resume')
+    assert load_checkpoint(run / 'epoch-last.pth')['epoch'] == 1
+    assert not debris(run) and not (run / 'run.lock').exists()
+    monkeypatch.undo()
+    assert run_train(cfg, tmp_path / 'runs') == 0                   # the same command resumes
+    assert 'resuming from' in (run / 'log.txt').read_text()
+    assert load_checkpoint(run / 'epoch-last.pth')['epoch'] == 3
+
+
+@pytest.mark.slow
+def test_a_real_sigint_while_training_leaves_an_intact_checkpoint(images, tmp_path):
+    """SIGINT at a random moment after the first checkpoint (often inside a save): one line, exit 130, the
+    checkpoint loads, no temporary file."""
+    from models.checkpoint import load_checkpoint
+    cfg = write_config(tmp_path / 'long.yaml', images, epoch_max=200, repeat=1, sample_q=64)
+    run = tmp_path / 'runs' / '_long'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, 'train.py', '--config', str(cfg), '--save-root', str(tmp_path / 'runs'),
+                             '--workers', '0', '--no-progress', '--device', 'cpu'], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / 'epoch-2.pth').exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'run the same command again to resume' in lines[0], err
+    assert not debris(run) and not (run / 'run.lock').exists()
+    assert load_checkpoint(run / 'epoch-last.pth')['epoch'] >= 2
+
+
+def test_interrupts_are_held_during_a_write(tmp_path):
+    from utils.io import atomic_write
+    target = tmp_path / 'f.bin'
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as f:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)                    # the handler would have run here without the deferral
+            f.write(b'complete')
+    assert target.read_bytes() == b'complete'
+    assert [p.name for p in tmp_path.iterdir()] == ['f.bin']
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_is_an_interrupt_while_main_runs():
+    from engine.errors import run
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+        return 0
+    before = signal.getsignal(signal.SIGTERM)
+    assert run(main, [], 'x.py') == 130
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_demo_interrupted_writes_nothing(tmp_path, capsys, monkeypatch):
+    import demo
+    from PIL import Image
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, 'upscale', stop)
+    Image.new('RGB', (12, 10)).save(tmp_path / 'in.png')
+    code = demo.main(['--input', str(tmp_path / 'in.png'), '--output', str(tmp_path / 'out.png'), '--model',
+                      'bicubic', '--scale', '2', '--device', 'cpu', '--quiet'])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and err == 'demo.py: interrupted', err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['in.png']
