@@ -72,6 +72,20 @@ def load_model(path, device='cpu', script=None):
     return models.load_model(ckpt, map_location='cpu', where=path).to(device).eval()
 
 
+def non_finite_error(model, label, what, scale=None):
+    """The one-line ``ValueError`` for a prediction holding NaN/inf, saying what is known: the loaded weights
+    are finite (checked on loading), so values overflow inside the model for this input; the largest weight
+    magnitude tells weights of an implausible size (an exploded run) from an input or scale outside what
+    the model handles. ``label``: how the model is named (its path); ``what``: the input (and scale)."""
+    with torch.no_grad():
+        largest = max((float(p.detach().abs().max()) for p in model.parameters()
+                       if p.is_floating_point() and p.numel()), default=0.0)
+    at = f' at scale {scale}' if scale is not None else ''
+    cause = (f'weights as large as {largest:.3g} (an exploded training run?)' if largest > 1e6 else
+             f'finite weights (largest magnitude {largest:.3g}): the values overflow for this input')
+    return ValueError(f'{label}: non-finite output (NaN/inf) for {what}{at}; {cause}; nothing written')
+
+
 def _non_negative_int(value, what):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f'{what} must be a non-negative integer, got {value!r}')

@@ -15,7 +15,7 @@ import torch
 from utils.config import ConfigError, load_yaml
 from utils.untrusted import excerpt
 
-from .state_dicts import CheckpointError, _load, _shape_mismatch, check_finite, strip_prefix
+from .state_dicts import CheckpointError, _load, _shape_mismatch, check_dtypes, check_finite, strip_prefix
 
 PARAM_KEYS = ('params_ema', 'params')
 
@@ -132,6 +132,7 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
         model = make({'name': name, 'args': model_args})
     except (ModelSpecError, ValueError, TypeError) as e:
         raise CheckpointError(f'{where}: cannot build {name}: {e}') from None
+    check_dtypes(model, sd, where)
     try:
         model.load_state_dict(sd, strict=strict)
     except RuntimeError as e:

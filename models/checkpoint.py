@@ -22,7 +22,8 @@ from utils.untrusted import ContentError, check_tree, excerpt
 from .basicsr_checkpoint import describe, is_basicsr, load_basicsr
 from .budget import ModelSizeError, check_spec_size
 from .registry import ModelSpecError, make
-from .state_dicts import CheckpointError, _detail, _load, _shape_mismatch, check_finite, strip_prefix  # noqa: F401
+from .state_dicts import (CheckpointError, _detail, _load, _shape_mismatch, check_dtypes, check_finite,  # noqa: F401
+                          strip_prefix)
 
 #: What ``torch.load`` raises on damaged or tampered files (a ``data.pkl`` naming missing records, bad
 #: offsets, truncated zip members, nesting bombs, ...).
@@ -191,6 +192,7 @@ def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options
             pass
         raise CheckpointError(f'{where}: weights do not fit model {spec["name"]!r} with these args: '
                               f'{detail or " ".join(str(e).split())[:2000]}') from None
+    check_dtypes(model, spec['sd'], where)
     scale = training_scale(ckpt)
     if scale is not None:
         model.max_train_scale = scale      # declared by every SR model; read by its ``capabilities``

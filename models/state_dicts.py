@@ -42,6 +42,16 @@ def check_finite(sd, where):
                                   f'{value.numel()}; the run that wrote it diverged; use an earlier checkpoint')
 
 
+def check_dtypes(model, sd, where):
+    """Refuse weights that are not floating point where the model's are (an integer tensor would be cast
+    silently and the model's output be garbage or overflow), naming the first such entry."""
+    own = model.state_dict()
+    for key, value in sd.items():
+        if torch.is_tensor(value) and key in own and own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f'{where}: weight {key!r} is {str(value.dtype).replace("torch.", "")}, not floating '
+                                  f'point: these are not trained weights of this model')
+
+
 def _shape_mismatch(model, sd):
     """One line listing every missing, unexpected and differently shaped entry (None if they agree)."""
     own = model.state_dict()

@@ -337,3 +337,39 @@ def test_save_image_peak_memory_is_about_the_output(tmp_path, bits):
     extra = int(proc.stdout.split()[-1])
     limit = (4 / 3 if bits == 8 else 0.25) * out_bytes + (48 << 20)
     assert extra < limit, f'{extra / 2**20:.0f} MiB added for a {out_bytes / 2**20:.0f} MiB output'
+
+
+# ------------------------------------------------------------------------------------------------
+# minor: messages state what is known (not "a diverged run" for everything)
+# ------------------------------------------------------------------------------------------------
+from .test_hostile_inputs import checkpoint, refused, run_demo, world  # noqa: E402,F401,F811
+
+
+def test_integer_weights_are_named_not_blamed_on_divergence(world, capsys):
+    sd = {k: (v * 1000).long() if v.is_floating_point() else v for k, v in world['sd'].items()}
+    bad = checkpoint(world, 'int64.pth', sd=sd)
+    try:
+        line = run_demo(world, capsys, ['--scale', '2', '--model', bad], 'int64.pth', 'int64', 'not floating point')
+        assert 'diverged' not in line
+        from models.checkpoint import CheckpointError, load_model
+        with pytest.raises(CheckpointError, match='not floating point'):
+            load_model(bad)
+    finally:
+        bad.unlink()
+
+
+@pytest.mark.parametrize('value', ['1e-30', '0.5', '0'])
+def test_scale_max_below_one_is_refused(world, capsys, value):
+    line = run_demo(world, capsys, ['--scale', '2', '--scale-max', value], '--scale-max', value)
+    assert 'diverged' not in line and 'non-finite' not in line
+
+
+def test_non_finite_output_says_what_is_known(world, capsys):
+    sd = {k: (v * 1e30 if v.is_floating_point() else v) for k, v in world['sd'].items()}
+    bad = checkpoint(world, 'huge.pth', sd=sd)
+    try:
+        line = run_demo(world, capsys, ['--scale', '2', '--model', bad], 'non-finite', 'at scale 2',
+                        'weights as large as 1e+30', 'nothing written')
+        assert 'diverged' not in line
+    finally:
+        bad.unlink()
