@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from .conftest import ROOT, make_images, run_train, write_config
+from .test_hostile_inputs import checkpoint, refused, run_demo, world  # noqa: F401  (world: a fixture)
 
 
 def torchrun(args, tmp_path, nproc=2, timeout=300):
@@ -342,9 +343,6 @@ def test_save_image_peak_memory_is_about_the_output(tmp_path, bits):
 # ------------------------------------------------------------------------------------------------
 # minor: messages state what is known (not "a diverged run" for everything)
 # ------------------------------------------------------------------------------------------------
-from .test_hostile_inputs import checkpoint, refused, run_demo, world  # noqa: E402,F401,F811
-
-
 def test_integer_weights_are_named_not_blamed_on_divergence(world, capsys):
     sd = {k: (v * 1000).long() if v.is_floating_point() else v for k, v in world['sd'].items()}
     bad = checkpoint(world, 'int64.pth', sd=sd)
@@ -373,3 +371,35 @@ def test_non_finite_output_says_what_is_known(world, capsys):
         assert 'diverged' not in line
     finally:
         bad.unlink()
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 3: benchmark with huge --scales / --input, and its output folder
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('extra,words', [
+    (['--input', '32x32', '--scales', '5000'], ['--scales 5000', '160000x160000', 'GiB']),
+    (['--input', '100000x100000', '--scales', '2'], ['--input 100000x100000', 'GiB', 'input']),
+])
+def test_benchmark_refuses_what_cannot_fit_before_any_work(tmp_path, capsys, extra, words):
+    from scripts import benchmark
+    t = time.perf_counter()
+    refused(capsys, benchmark.main, ['--out', tmp_path / 'bench', '--models', 'lmliif', '--device', 'cpu', *extra],
+            *words, watch=(tmp_path,), script='benchmark.py')
+    assert time.perf_counter() - t < 20           # refused from the estimate, nothing measured
+
+
+@pytest.mark.parametrize('existed', [False, True])
+def test_benchmark_failure_leaves_no_output_folder(tmp_path, capsys, monkeypatch, existed):
+    from scripts import benchmark
+    out = tmp_path / 'bench'
+    if existed:
+        out.mkdir()
+        (out / 'old.md').write_text('kept')
+    monkeypatch.setattr(benchmark, 'matmul_rate', lambda device: 1.0)
+
+    def fail(*a, **k):
+        raise ValueError('a row failed')
+    monkeypatch.setattr(benchmark, 'measure', fail)
+    refused(capsys, benchmark.main, ['--out', out, '--models', 'subpixel', '--input', '8x8', '--scales', '2',
+                                     '--device', 'cpu'], 'a row failed', watch=(tmp_path,), script='benchmark.py')
+    assert out.exists() == existed
