@@ -82,15 +82,16 @@ def read_config(args):
     return cfg, spec, cfg.get('eval_type'), protocol
 
 
-def output_folders(args):
-    """The results folder (and --save-dir) checked before the evaluation."""
+def output_folders(args, spec=None):
+    """The results folder (and --save-dir, never inside the data folders) checked before the evaluation."""
+    from datasets.build import data_folders
     from utils import validate
     model_name = 'bicubic' if args.model == 'bicubic' else os.path.splitext(os.path.basename(args.model))[0]
     config_name = os.path.splitext(os.path.basename(args.config))[0]
     folder = args.results_dir or os.path.join('outputs', 'test', model_name, config_name)
     validate.output_folder(folder, '--results-dir', inputs=(args.config, args.model))
     if args.save_dir:
-        validate.output_folder(args.save_dir, '--save-dir', inputs=(args.config, args.model))
+        validate.output_folder(args.save_dir, '--save-dir', inputs=(args.config, args.model), data=data_folders(spec))
     return folder, model_name, config_name
 
 
@@ -229,7 +230,7 @@ def _main(argv=None):
     from utils import validate
     validate.cli_numbers(args, 'test.py', {'max_train_scale': '--scale-max'})
     cfg, spec, eval_type, protocol = read_config(args)
-    folder, model_name, config_name = output_folders(args)
+    folder, model_name, config_name = output_folders(args, spec)
     table = cli.cmsr_table_path(args.cmsr, args.cmsr_path)   # contradictory CMSR flags: refused before any work
     device = cli.choose_device(args.device, args.gpu, 'test.py')
     session = open_session(args, cfg, device, table)

@@ -87,6 +87,22 @@ class _Main:
             self.previous = None
 
 
+def out_of_memory(error):
+    """Whether an exception is a failed allocation (``MemoryError``, ``torch.OutOfMemoryError``, or the
+    CPU allocator's RuntimeError, which torch does not type)."""
+    return isinstance(error, out_of_memory_errors()) or "DefaultCPUAllocator: can't allocate memory" in str(error)
+
+
+def _runtime_error(error, script):
+    """A RuntimeError that is not the user's to fix re-raised (a bug: its traceback is wanted), except a
+    torchrun peer dying mid-collective (DDP, gather): one line, not the backend's."""
+    from .distributed import peer_left
+    if not peer_left(error):
+        raise error
+    print(f'{script}: error: {peer_left(error)}', file=sys.stderr)
+    return 1
+
+
 def run(main, argv=None, script=None):
     """Call ``main(argv)``; report expected errors as ``<script>: error: ...`` and return 1 (130 when
     interrupted by Ctrl-C or SIGTERM; an interrupt's message may say what was kept). Out-of-memory errors name
@@ -102,20 +118,16 @@ def run(main, argv=None, script=None):
         return 130
     except ImportError as e:       # e.g. a Python without torch (checked before expected_errors imports it)
         return missing_requirements(e, script)
-    except out_of_memory_errors() as e:
-        from utils.validate import one_line
-        print(f'{script}: error: out of memory ({one_line(e, 200) or "MemoryError"}); use --tile, a smaller '
-              f'--bsize or a smaller input/--size; nothing written', file=sys.stderr)
-        return 1
     except expected_errors() as e:
         from utils.validate import message     # one line, also for errors re-raised from DataLoader workers
         print(f'{script}: error: {message(e)}', file=sys.stderr)
         return 1
-    except RuntimeError as e:
-        from .distributed import peer_left
-        if not peer_left(e):      # a torchrun peer died mid-collective (DDP, gather): one line, not gloo's
-            raise
-        print(f'{script}: error: {peer_left(e)}', file=sys.stderr)
+    except out_of_memory_errors() + (RuntimeError,) as e:
+        if not out_of_memory(e):
+            return _runtime_error(e, script)
+        from utils.validate import one_line
+        print(f'{script}: error: out of memory ({one_line(e, 200) or "MemoryError"}); use --tile, a smaller '
+              f'--bsize or a smaller input/--size; nothing written', file=sys.stderr)
         return 1
     finally:
         if 'torch.distributed' in sys.modules:     # torchrun: end the process group before the interpreter

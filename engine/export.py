@@ -62,6 +62,15 @@ def _check_exportable(model):
     return caps
 
 
+def max_opset():
+    """The newest ONNX opset this torch's (TorchScript) exporter writes."""
+    try:
+        from torch.onnx import _constants
+        return int(getattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', _constants.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):      # a torch without the constants: the published minimum only
+        return 17
+
+
 def parse_export_scale(scale):
     """A scale for the fixed form: a number, a (rows, cols) pair or a string ('3.5', '3,2') -> (sy, sx)."""
     from utils.coords import parse_scale

@@ -69,7 +69,20 @@ def load_model(path, device='cpu', script=None):
     if isinstance(args, dict) and args.get('cmsr_spec') is not None:
         note(f'{path}: ignoring the cmsr_spec stored in the checkpoint; CMSR is used only with --cmsr', script)
         ckpt = dict(ckpt, model=dict(ckpt['model'], args=dict(args, cmsr_spec=None)))
-    return models.load_model(ckpt, map_location='cpu', where=path).to(device).eval()
+    model = models.load_model(ckpt, map_location='cpu', where=path)
+    check_sr_model(model, path)
+    return model.to(device).eval()
+
+
+def check_sr_model(model, where):
+    """Refuse a model that cannot upscale (an encoder, an MLP: a building block saved on its own), in one
+    line naming what it is, before anything asks it for its ``capabilities``."""
+    if not hasattr(type(model), 'capabilities'):
+        import models
+        name = getattr(model, 'spec', {}).get('name', type(model).__name__)
+        raise models.CheckpointError(f'{where} holds a {name!r} model, a building block (encoder or MLP), not a '
+                                     f'super-resolution model; use the checkpoint of a whole model (e.g. lmliif, '
+                                     f'liif, igconv) that contains it')
 
 
 def non_finite_error(model, label, what, scale=None):
@@ -118,6 +131,7 @@ class Session:
         if device is None:
             device = str(next(iter(model.parameters()), torch.empty(0)).device)
         self.device = device
+        check_sr_model(model, 'the model')
         self.model = model.to(device).eval()
         caps = self.model.capabilities
         self.window = caps.window if window in (None, 'auto') else _non_negative_int(window, 'window')

@@ -86,8 +86,9 @@ def check_args(args):
     """The numbers and the form's options, before anything is loaded: (fixed-form scale or None, sizes)."""
     from engine import export
     from utils.validate import InputError, cli_numbers
-    if args.opset < 17:
-        raise InputError(f'--opset must be >= 17, got {args.opset}')
+    top = export.max_opset()
+    if not 17 <= args.opset <= top:
+        raise InputError(f'--opset must be 17..{top} (the range this torch exports), got {args.opset}')
     if not (args.tol > 0):
         raise InputError(f'--tol must be positive, got {args.tol}')
     cli_numbers(args, SCRIPT, {'max_train_scale': '--scale-max'})
@@ -98,6 +99,12 @@ def check_args(args):
     if args.form == 'fixed' and args.check_scales is not None:
         raise InputError('--check-scales is for --form arbitrary (the fixed form is checked at --scale)')
     scale = export.parse_export_scale(args.scale) if args.form == 'fixed' else None
+    if scale is not None:
+        from utils.validate import MAX_SIDE
+        if max(24 * scale[0], 20 * scale[1]) > MAX_SIDE:     # traced at 24x20 (export_graph)
+            raise InputError(f'--scale {args.scale}: the 24x20 trace example would be '
+                             f'{24 * scale[0]:.3g}x{20 * scale[1]:.3g} pixels; sides above {MAX_SIDE} are not '
+                             f'supported')
     return scale, parse_sizes(args.check_sizes)
 
 

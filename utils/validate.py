@@ -299,14 +299,23 @@ def output_file(path, name, inputs=(), create_parent=False, extensions=None):
     return path
 
 
-def output_folder(path, name, inputs=()):
-    """A folder we will create (with parents) or write into: no file in the way, writable."""
+def output_folder(path, name, inputs=(), data=()):
+    """A folder we will create (with parents) or write into: no file in the way, writable, not one of the
+    ``inputs`` and not inside (or equal to) a folder of ``data`` (images read by the same command: written
+    images would join the data set)."""
     if path is None or str(path) == '':
         raise InputError(f'{name}: no path given')
     path = os.fspath(path)
     for other in inputs:
         if other is not None and str(other) != '' and _same_file(path, os.fspath(other)):
             raise InputError(f'{name} {path}: is also an input ({other}); give another folder')
+    real = os.path.realpath(path)
+    for folder in data:
+        if isinstance(folder, (str, os.PathLike)) and str(folder) != '':
+            top = os.path.realpath(os.fspath(folder))
+            if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+                raise InputError(f'{name} {path}: is inside the data folder {folder}; the written images would '
+                                 f'join the data set; give a folder outside it')
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise InputError(f'{name} {path}: is a file, not a folder')
