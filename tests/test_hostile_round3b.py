@@ -403,3 +403,114 @@ def test_benchmark_failure_leaves_no_output_folder(tmp_path, capsys, monkeypatch
     refused(capsys, benchmark.main, ['--out', out, '--models', 'subpixel', '--input', '8x8', '--scales', '2',
                                      '--device', 'cpu'], 'a row failed', watch=(tmp_path,), script='benchmark.py')
     assert out.exists() == existed
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 1 (re-tried): checkpoints of a building block, odd tensors, a constructor tripping on its args
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('what', ['encoder', 'mlp'])
+def test_checkpoint_of_a_building_block(world, capsys, what):
+    import models
+    spec = world['spec']['args']['encoder_spec'] if what == 'encoder' else \
+        {'name': 'mlp', 'args': {'in_dim': 3, 'out_dim': 3, 'hidden_list': [4]}}
+    part = models.make(spec)
+    path = world['root'] / f'{what}.pth'
+    torch.save({'model': {'name': spec['name'], 'args': spec['args'], 'sd': part.state_dict()}}, path)
+    try:
+        run_demo(world, capsys, ['--scale', '2', '--model', path], f'{what}.pth', spec['name'], 'building block')
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize('convert,words', [
+    (lambda v: v.to_sparse(), ['sparse_coo', 'dense']),
+    (lambda v: v.to(torch.complex64), ['complex64', 'not floating point']),
+    (lambda v: v.to(torch.bool), ['bool', 'not floating point']),
+])
+def test_state_dict_of_odd_tensors(world, capsys, convert, words):
+    sd = {k: convert(v) for k, v in world['sd'].items()}
+    bad = checkpoint(world, 'odd.pth', sd=sd)
+    try:
+        run_demo(world, capsys, ['--scale', '2', '--model', bad], 'odd.pth', *words)
+    finally:
+        bad.unlink()
+
+
+def test_constructor_runtime_error_is_named(world, capsys):
+    import copy
+    args = copy.deepcopy(world['spec']['args'])
+    args['hypernet_spec']['args']['hidden_list'] = [-8]
+    bad = checkpoint(world, 'negative.pth', args=args)
+    try:
+        run_demo(world, capsys, ['--scale', '2', '--model', bad], 'negative.pth', 'cannot be built', 'negative')
+    finally:
+        bad.unlink()
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 3 (re-tried): export_onnx bounds, the CPU allocator's failure as one line
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('extra,words', [
+    (['--scale', '1e9'], ['--scale 1e9', 'not supported']),
+    (['--scale', '2', '--opset', '1000'], ['--opset', '1000']),
+])
+def test_export_onnx_refuses_absurd_numbers(world, capsys, tmp_path, extra, words):
+    pytest.importorskip('onnxruntime')
+    from scripts import export_onnx
+    from engine.errors import run
+    refused(capsys, lambda argv: run(export_onnx.main, argv, 'export_onnx.py'),
+            ['--model', world['good'], '--output', tmp_path / 'x.onnx', *extra], *words,
+            watch=(world['root'], tmp_path), script='export_onnx.py')
+
+
+def test_cpu_allocation_failure_is_one_line(capsys):
+    from engine.errors import run
+
+    def main(argv):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 192000000000 bytes. Error code 12")
+    assert run(main, [], 'x.py') == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('x.py: error: out of memory (') and '\n' not in err
+
+    def bug(argv):
+        raise RuntimeError('a bug')
+    with pytest.raises(RuntimeError, match='a bug'):            # anything else keeps its traceback
+        run(bug, [], 'x.py')
+
+
+# ------------------------------------------------------------------------------------------------
+# cause 12 (re-tried): test.py --save-dir inside the data folder
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('inside', ['', 'sr'])
+def test_save_dir_inside_the_data_folder_is_refused(world, capsys, inside):
+    import test as test_script
+    data = world['root'] / 'HR'
+    argv = ['--config', ROOT / 'configs/test-lmf/set5-x4.yaml', '--model', 'bicubic', '--device', 'cpu', '--quiet',
+            '--results-dir', world['root'] / 'results', '--save-dir', data / inside if inside else data,
+            '--opt', f'test_dataset.dataset.args.root_path={data}']
+    refused(capsys, test_script.main, argv, '--save-dir', 'inside the data folder', watch=(world['root'],),
+            script='test.py')
+
+
+# ------------------------------------------------------------------------------------------------
+# causes 1 and 4 (re-tried): --opt values get the bounds of config files, messages quote excerpts
+# ------------------------------------------------------------------------------------------------
+BOMB_VALUE = ('[&a [1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], '
+              '&d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], '
+              '&g [*f,*f,*f,*f,*f,*f,*f,*f,*f]]')
+
+
+@pytest.mark.parametrize('opt,words', [
+    ('eval_type=' + '[' * 20000 + ']' * 20000, ['--opt', 'eval_type', 'nested too deeply']),
+    ('eval_type=' + BOMB_VALUE, ['--opt', 'eval_type', 'once expanded']),
+    ('nokey' + '[' * 20000 + '=1', ['override', 'characters']),
+    ('eval_type.x' + 'y' * 150 + '=1', ['override', 'not a mapping']),
+])
+def test_opt_values_are_bounded(world, capsys, opt, words):
+    import test as test_script
+    t = time.perf_counter()
+    line = refused(capsys, test_script.main, ['--config', world['cfg'], '--model', 'bicubic', '--device', 'cpu',
+                                              '--results-dir', world['root'] / 'results', '--opt', opt],
+                   *words, watch=(world['root'],), script='test.py')
+    assert len(line) < 400 and time.perf_counter() - t < 10
