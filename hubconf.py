@@ -1,20 +1,27 @@
 """torch.hub entry points.
 
     import torch
-    model = torch.hub.load('path/to/clone', 'lm_liif', pretrained=True, source='local')   # bundled LM-LIIF
-    out = torch.hub.load('path/to/clone', 'upscale', 'photo.png', scale=3.5, source='local')  # -> photo_x3.5.png
+    up = torch.hub.load('path/to/clone', 'lm_liif', source='local')        # bundled LM-LIIF, image to image
+    big = up(torch.rand(1, 3, 48, 48), 2.5)               # float (B, 3, h, w) in [0, 1] -> (B, 3, 120, 120)
+    pil = up(Image.open('photo.png'), size=(1920, 1080))   # PIL in, PIL out; size is (width, height)
+    out = torch.hub.load('path/to/clone', 'upscale', 'photo.png', scale=3.5, network='lm_lte', source='local')
 
-Models (in eval mode; inputs (B, 3, h, w) normalised as (x - 0.5) / 0.5; render whole images with
-``engine.inference.Session(model)`` or the ``upscale`` entry):
+The model entries return an ``api.ImageUpscaler``: the network (``.sr_model``, in eval mode; its inputs are
+normalised as (x - 0.5) / 0.5) with the engine around it, so calling it on an image with a scale or a size
+renders it as ``demo.py`` does (``api.upscale``: PIL images, numpy arrays, tensors, paths). Every error is an
+``engine.errors.UpscaleError`` with a one-line message.
 
-* ``lm_liif``, ``lm_lte``: EDSR-baseline LM-LIIF / LM-LTE; ``pretrained=True`` (default) loads the bundled
+* ``lm_liif``, ``lm_lte``: EDSR-baseline LM-LIIF / LM-LTE; ``pretrained=True`` (default; a bool, anything
+  else such as the string 'False' is refused) loads the bundled
   weights (``save/pretrained_models/*.safetensors``, trained on the stand-in photos of this repository).
 * ``liif``, ``lte``, ``metasr``, ``igconv``, ``igconv_plus``: EDSR-baseline architectures with random
   weights (no bundled weights: ``pretrained=True`` raises); pass ``weights=PATH`` to load a checkpoint.
 * ``from_checkpoint(path)``: any checkpoint of this repository or the published LIIF/LTE/LMF code
   (.pth or .safetensors).
-* ``upscale(image, scale=None, size=None, model=None, ...)``: ``api.upscale`` (path, PIL image, numpy
-  array or tensor in, the same kind out); ``model`` may also be an entry name such as 'lm_lte'.
+* ``upscale(image, scale=None, size=None, network=None, ...)``: ``api.upscale`` (path, folder, PIL image,
+  numpy array or tensor in, the same kind out); ``network`` is an entry name such as 'lm_lte', a checkpoint
+  path or a model (``torch.hub.load`` keeps the keyword ``model`` for itself, so the API's ``model=`` is
+  spelled ``network=`` here; called directly, ``model=`` works too).
 """
 import copy
 import os
@@ -36,41 +43,57 @@ _MODELS = {
 }
 
 
+def _error(message):
+    from engine.errors import UpscaleError
+    return UpscaleError(message)
+
+
 def _bundled_file(stem):
     for ext in ('.safetensors', '.pth'):
         path = os.path.join(_BUNDLED, stem + ext)
         if os.path.exists(path):
             return path
-    raise ValueError(f'bundled weights {stem}.safetensors not found in {_BUNDLED}')
+    raise _error(f'bundled weights {stem}.safetensors not found in {_BUNDLED}')
 
 
-def _build(name, pretrained, weights, device):
+def _network(name, pretrained, weights, device):
     import models
     from utils.config import load_config
     config, stem = _MODELS[name]
     if weights is not None and pretrained:
-        raise ValueError(f'{name}: give pretrained=True or weights=PATH, not both')
+        raise _error(f'{name}: give pretrained=True or weights=PATH, not both')
     if weights is not None:
-        return from_checkpoint(weights, device)
+        return _load(weights, device)
     if pretrained:
         if stem is None:
             bundled = ', '.join(k for k, (_, s) in _MODELS.items() if s)
-            raise ValueError(f'{name}: no bundled weights (bundled: {bundled}); use pretrained=False or weights=PATH')
-        return from_checkpoint(_bundled_file(stem), device)
+            raise _error(f'{name}: no bundled weights (bundled: {bundled}); use pretrained=False or weights=PATH')
+        return _load(_bundled_file(stem), device)
     spec = copy.deepcopy(load_config(os.path.join(_ROOT, config))['model'])
     return models.make(spec).to(device).eval()
 
 
+def _build(name, pretrained, weights, device):
+    """The ``ImageUpscaler`` of entry ``name``; ``pretrained``: None (the entry's default) or a bool."""
+    import api
+    if pretrained is not None and not isinstance(pretrained, bool):
+        raise _error(f'{name}: pretrained must be True or False, got {pretrained!r:.40}')
+    if pretrained is None:
+        pretrained = _MODELS[name][1] is not None and weights is None
+    with api._translated():
+        return api.ImageUpscaler(_network(name, pretrained, weights, device))
+
+
 def _entry(name):
     def entry(pretrained=None, weights=None, device='cpu'):
-        default = _MODELS[name][1] is not None
-        return _build(name, default if pretrained is None else bool(pretrained), weights, device)
+        return _build(name, pretrained, weights, device)
     bundled = _MODELS[name][1] is not None
     entry.__name__ = name
     entry.__doc__ = (f'EDSR-baseline {name} ({_MODELS[name][0]}). '
                      + ('pretrained=True (default): the bundled weights. ' if bundled else
                         'Random weights (pretrained=False, default); weights=PATH loads a checkpoint. ')
-                     + 'Returned in eval mode on ``device``.')
+                     + 'Returns an ``api.ImageUpscaler`` (call it on an image with a scale or a size; the network '
+                       'is ``.sr_model``), in eval mode on ``device``.')
     return entry
 
 
@@ -83,17 +106,28 @@ igconv = _entry('igconv')
 igconv_plus = _entry('igconv_plus')
 
 
-def from_checkpoint(path, device='cpu'):
-    """A model from a checkpoint (.pth or .safetensors), in eval mode on ``device``; its ``capabilities``
-    carry the checkpoint's training scale, so rendering it (``upscale``, ``engine.inference.Session``) gives
-    what ``demo.py`` gives for the same file."""
+def _load(path, device):
     from engine.inference import load_model
     return load_model(os.fspath(path), device, 'hubconf')
 
 
-def upscale(image, scale=None, size=None, model=None, **kwargs):
-    """``api.upscale``; ``model`` may be an entry name ('lm_liif', 'lm_lte', ...), a path or a model."""
+def from_checkpoint(path, device='cpu'):
+    """An ``api.ImageUpscaler`` for a checkpoint (.pth or .safetensors), in eval mode on ``device``; the
+    network's ``capabilities`` carry the checkpoint's training scale, so calling it gives what ``demo.py``
+    gives for the same file."""
     import api
-    if isinstance(model, str) and model in _MODELS:
-        model = _build(model, _MODELS[model][1] is not None, None, kwargs.get('device') or 'cpu')
-    return api.upscale(image, scale=scale, size=size, model=model, **kwargs)
+    with api._translated():
+        return api.ImageUpscaler(_load(path, device))
+
+
+def upscale(image, scale=None, size=None, network=None, **kwargs):
+    """``api.upscale``; ``network`` (``model=`` when called directly) is an entry name ('lm_liif', 'lm_lte',
+    ...), a checkpoint path, a model or None (the bundled LM-LIIF)."""
+    import api
+    if 'model' in kwargs:
+        if network is not None:
+            raise _error('upscale: give network= or model=, not both')
+        network = kwargs.pop('model')
+    if isinstance(network, str) and network in _MODELS:
+        network = _build(network, None, None, kwargs.get('device') or 'cpu')
+    return api.upscale(image, scale=scale, size=size, model=network, **kwargs)

@@ -55,7 +55,9 @@ def build_parser():
                         'CMSR then renders every remaining pixel at that lower scale; see engine/cmsr.py)')
     cli.add_device_args(p)
     p.add_argument('--opt', nargs='*', default=[], metavar='KEY=VALUE', help='override config entries')
-    p.add_argument('--quiet', action='store_true')
+    p.add_argument('--quiet', action='store_true', help='no progress bar, no table lines')
+    p.add_argument('--no-progress', action='store_true',
+                   help='no progress bar (it goes to stderr, one step per image and target scale)')
     return p
 
 
@@ -154,6 +156,9 @@ def _main(argv=None):
     if not (args.mse_threshold > 0 and math.isfinite(args.mse_threshold)):
         raise ValueError('--mse-threshold must be a positive number')
     validate.cli_numbers(args, 'init_cmsr.py', {'max_train_scale': '--trained-scale'})
+    cli.apply_threads(args)
+    from engine.inference import resolve_path
+    args.config = resolve_path(args.config, 'config')        # bundled configs from any working directory
     validate.output_file(args.save_path, '--save-path', inputs=(args.config, args.model), create_parent=True,
                          extensions=('.yaml', '.yml'))  # before any compute
     cfg = apply_overrides(load_config(args.config), args.opt)
@@ -171,7 +176,7 @@ def _main(argv=None):
     base = datasets.make(base_spec)
     os.makedirs(os.path.dirname(os.path.abspath(args.save_path)), exist_ok=True)
     bar = None
-    if not args.quiet and distributed_env()[0] == 0:
+    if not (args.quiet or args.no_progress) and distributed_env()[0] == 0:
         from tqdm import tqdm
         bar = tqdm(total=len(scales) * len(base), unit='img', dynamic_ncols=True)
     try:

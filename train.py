@@ -65,6 +65,10 @@ def _main(argv=None):
     from utils import validate
     from utils.config import ConfigError, apply_overrides, load_config, require
     validate.cli_numbers(args, 'train.py')
+    from engine import cli
+    cli.apply_threads(args)
+    from engine.inference import resolve_path
+    args.config = resolve_path(args.config, 'config')        # bundled configs from any working directory
     device = training_device(args, argv)
     cfg = apply_overrides(load_config(args.config), args.opt)
     validate.spec_types(require(cfg, 'model', where=args.config), MODELS, 'model')   # before anything is built

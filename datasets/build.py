@@ -40,15 +40,6 @@ def build_dataset(spec, where='config', seed=None):
     return make(wrapper, args=extra)
 
 
-def data_folders(spec):
-    """The folders a dataset spec reads (``root_path``, ``root_path_1``, ``root_path_2`` of its
-    ``dataset.args``), for refusing outputs inside them."""
-    args = ((spec or {}).get('dataset') or {}).get('args') if isinstance(spec, dict) else None
-    if not isinstance(args, dict):
-        return []
-    return [v for k, v in args.items() if isinstance(k, str) and k.startswith('root_path') and isinstance(v, str)]
-
-
 def image_names(ds):
     """File stems of the HR images behind a (wrapped) dataset, in order, or None."""
     base = getattr(ds, 'dataset', ds)

@@ -105,7 +105,8 @@ class ImageFolder(Dataset):
             raise DatasetError(f'image-folder: {_arg} is an empty list')
         if split_file is not None and not isinstance(split_file, (str, os.PathLike)):
             raise DatasetError(f'image-folder: split_file must be a path, got {type(split_file).__name__}')
-        roots = [os.path.normpath(os.fspath(r)) for r in roots]
+        from engine.inference import repo_relative      # config paths work from any working directory
+        roots = [os.path.normpath(repo_relative(r)) for r in roots]
         self.root, self.repeat, self.cache = roots[0] if len(roots) == 1 else roots, int(repeat), cache
         self.files = [f for r in roots for f in _list_files(r, split_file, split_key, None)]
         if first_k is not None:
@@ -136,13 +137,24 @@ class ImageFolder(Dataset):
         """The image file behind item ``idx``."""
         return self.files[idx % len(self.files)]
 
-    def __getitem__(self, idx):
+    def array(self, idx):
+        """The decoded uint8 (or uint16) array (H, W[, C]) of item ``idx``, before conversion to float:
+        ``__getitem__(idx)`` is ``array_to_tensor(array(idx))``. Wrappers crop it first (``region``)."""
         i = idx % len(self.files)
         if self.arrays is not None:
-            return array_to_tensor(self.arrays[i])
+            return self.arrays[i]
         if self.bin_files is not None:
-            return array_to_tensor(_load_bin(self.bin_files[i]))
-        return array_to_tensor(load_array(self.files[i])[0])
+            return _load_bin(self.bin_files[i])
+        return load_array(self.files[i])[0]
+
+    def region(self, idx):
+        """``(size (H, W), crop)`` of item ``idx``: ``crop(y0, x0, h, w)`` equals
+        ``self[idx][:, y0:y0 + h, x0:x0 + w]`` (same values) but converts only that window to float."""
+        arr = self.array(idx)
+        return arr.shape[:2], lambda y0, x0, h, w: array_to_tensor(arr[y0:y0 + h, x0:x0 + w])
+
+    def __getitem__(self, idx):
+        return array_to_tensor(self.array(idx))
 
 
 SCALE_SUFFIX = re.compile(r'^(?P<stem>.+?)(?:_LRBI|_LR|_lr)?[_-]?[xX](?P<scale>\d+(?:\.\d+)?)$')
@@ -257,7 +269,7 @@ class PairedImageFolders(Dataset):
             if s is None:
                 named = name_scale.get(lr)
                 expect = f'; its name says x{named:g}' if named is not None else ''
-                raise DatasetError(f'LR {lr} ({lr_size[0]}x{lr_size[1]}) and HR {hr} ({hr_size[0]}x{hr_size[1]}) '
+                raise DatasetError(f'LR {lr} ({lr_size[1]}x{lr_size[0]}) and HR {hr} ({hr_size[1]}x{hr_size[0]}) '
                                    f'are not an integer-scale pair (LR = HR // s){expect}')
             self.pair_scales.append(s)
         # the folders in matched order (then the requested cache, built on the matched lists)

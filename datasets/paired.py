@@ -72,7 +72,7 @@ def _stem(path):
 def _check_pair(lr_size, hr_size, scale, lr, hr):
     """Refuse an LR/HR pair that is not an x``scale`` pair (LR = HR // s or ceil(HR / s))."""
     if pair_scale(lr_size, hr_size) != scale:
-        raise DatasetError(f'LR {lr} ({lr_size[0]}x{lr_size[1]}) and GT {hr} ({hr_size[0]}x{hr_size[1]}) are not an '
+        raise DatasetError(f'LR {lr} ({lr_size[1]}x{lr_size[0]}) and GT {hr} ({hr_size[1]}x{hr_size[0]}) are not an '
                            f'x{scale} pair (ds_scale {scale})')
 
 
@@ -137,7 +137,7 @@ class FixedScaleDownsampleImageDataset(Dataset):
         h = math.floor(img.shape[-2] / s + 1e-9)
         w = math.floor(img.shape[-1] / s + 1e-9)
         if min(h, w) < 1:
-            raise DatasetError(f'{self.gt.path(idx)}: a {img.shape[-2]}x{img.shape[-1]} image is too small for x{s}')
+            raise DatasetError(f'{self.gt.path(idx)}: a {img.shape[-1]}x{img.shape[-2]} image is too small for x{s}')
         gt = img[:, :h * s, :w * s]
         name = _stem(self.gt.files[idx]) if isinstance(self.gt, ImageFolder) else self.gt.keys[idx]
         return {'inp': pil_bicubic_resize(gt, (h, w)), 'gt': gt, 'scale': s, 'name': name}

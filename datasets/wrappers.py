@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.coords import make_cell, make_coord, to_pixel_samples
+from utils.coords import coord_axis, make_cell, make_coord, to_pixel_samples
 from utils.imresize import pil_bicubic_resize
 from utils.untrusted import excerpt
 
@@ -60,20 +60,36 @@ def random_crop_origin(rng, size, crop, what):
     """Uniform top-left (y0, x0) of a ``crop`` x ``crop`` window inside an image of ``size`` (H, W)."""
     H, W = size
     if crop > H or crop > W:
-        raise DatasetError(f'{what}: a {crop}x{crop} crop does not fit in the {H}x{W} image')
+        raise DatasetError(f'{what}: a {crop}x{crop} crop does not fit in the {W}x{H} image')
     return int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
 
 
 def query_samples(hr, sample_q, rng):
-    """``coord`` (Q, 2), ``cell`` (Q, 2), ``gt`` (Q, 3) of an HR image; Q = H*W or ``sample_q`` rows."""
-    coord, gt = to_pixel_samples(hr.contiguous())
-    if sample_q is not None:
-        if sample_q > len(coord):
-            raise DatasetError(f'sample_q={sample_q} exceeds the {len(coord)} pixels of the {hr.shape[-2]}x'
-                               f'{hr.shape[-1]} HR patch')
-        sel = torch.from_numpy(rng.choice(len(coord), sample_q, replace=False))
-        coord, gt = coord[sel], gt[sel]
-    return coord, make_cell(hr.shape[-2:], n=len(coord)), gt
+    """``coord`` (Q, 2), ``cell`` (Q, 2), ``gt`` (Q, 3) of an HR image; Q = H*W or ``sample_q`` rows.
+
+    With ``sample_q`` the rows ``sel = rng.choice(H*W, sample_q, replace=False)`` of
+    ``to_pixel_samples(hr)`` are returned, computed for those rows only (raster index k is pixel
+    (k // W, k % W); the coordinates are the same ``coord_axis`` values), without building the H*W grid."""
+    H, W = hr.shape[-2:]
+    if sample_q is None:
+        coord, gt = to_pixel_samples(hr.contiguous())
+        return coord, make_cell((H, W), n=len(coord)), gt
+    if sample_q > H * W:
+        raise DatasetError(f'sample_q={sample_q} exceeds the {H * W} pixels of the {H}x{W} HR patch')
+    sel = torch.from_numpy(rng.choice(H * W, sample_q, replace=False))
+    coord = torch.stack([coord_axis(H)[sel // W], coord_axis(W)[sel % W]], dim=-1)
+    gt = hr.reshape(hr.shape[0], -1).t()[sel]
+    return coord, make_cell((H, W), n=sample_q), gt
+
+
+def image_region(dataset, idx):
+    """``(size (H, W), crop(y0, x0, h, w) -> float (3, h, w))`` of item ``idx``: straight from the decoded
+    array for datasets with ``region`` (``image-folder``: only the window is converted to float), else
+    windows of ``dataset[idx]``. Both give the same values."""
+    if hasattr(dataset, 'region'):
+        return dataset.region(idx)
+    img = dataset[idx]
+    return img.shape[-2:], lambda y0, x0, h, w: img[:, y0:y0 + h, x0:x0 + w]
 
 
 def _check_int(value, name, minimum=1, allow_none=True):
@@ -164,20 +180,21 @@ class SRImplicitDownsampled(RandomWrapper):
 
     def __getitem__(self, idx):
         rng = self.rng(idx)
-        img = self.dataset[idx]
         s = self.scale_min if self.scale_min == self.scale_max else rng.uniform(self.scale_min, self.scale_max)
         if self.inp_size is None:
+            img = self.dataset[idx]
             h_lr = math.floor(img.shape[-2] / s + 1e-9)
             w_lr = math.floor(img.shape[-1] / s + 1e-9)
             if min(h_lr, w_lr) < 1:
-                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-2]}x{img.shape[-1]} image is '
+                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-1]}x{img.shape[-2]} image is '
                                    f'too small for scale {s}')
             crop_hr = img[:, :round(h_lr * s), :round(w_lr * s)]
             crop_lr = pil_bicubic_resize(crop_hr, (h_lr, w_lr))
         else:
             w_hr = round(self.inp_size * s)
-            y0, x0 = random_crop_origin(rng, img.shape[-2:], w_hr, _describe(self.dataset, idx))
-            crop_hr = img[:, y0:y0 + w_hr, x0:x0 + w_hr]
+            size, crop = image_region(self.dataset, idx)
+            y0, x0 = random_crop_origin(rng, size, w_hr, _describe(self.dataset, idx))
+            crop_hr = crop(y0, x0, w_hr, w_hr)
             crop_lr = pil_bicubic_resize(crop_hr, (self.inp_size, self.inp_size))
         return self.implicit_item(rng, crop_lr, crop_hr)
 
@@ -202,7 +219,7 @@ class SRImplicitPaired(RandomWrapper):
         (h, w), (H, W) = img_lr.shape[-2:], img_hr.shape[-2:]
         s = H // h
         if s < 1 or W < w * s:
-            raise DatasetError(f'{_describe(self.dataset, idx)}: LR {h}x{w} and HR {H}x{W} are not an '
+            raise DatasetError(f'{_describe(self.dataset, idx)}: LR {w}x{h} and HR {W}x{H} are not an '
                                f'integer-scale pair')
         if self.inp_size is None:
             crop_lr, crop_hr = img_lr, img_hr[:, :h * s, :w * s]
@@ -331,17 +348,18 @@ class SRIntegerDownsampled(RandomWrapper):
         if int(scale) != scale or scale < 1:
             raise DatasetError(f'sr-integer-downsampled: scale must be a positive integer, got {scale!r}')
         s = int(scale)
-        img = self.dataset[idx]
         if self.inp_size is None:
+            img = self.dataset[idx]
             h, w = img.shape[-2] // s, img.shape[-1] // s
             if min(h, w) < 1:
-                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-2]}x{img.shape[-1]} image is '
+                raise DatasetError(f'{_describe(self.dataset, idx)}: a {img.shape[-1]}x{img.shape[-2]} image is '
                                    f'too small for scale {s}')
             hr = img[:, :h * s, :w * s]
         else:
             h = w = self.inp_size
-            y0, x0 = random_crop_origin(rng, img.shape[-2:], h * s, _describe(self.dataset, idx))
-            hr = img[:, y0:y0 + h * s, x0:x0 + h * s]
+            size, crop = image_region(self.dataset, idx)
+            y0, x0 = random_crop_origin(rng, size, h * s, _describe(self.dataset, idx))
+            hr = crop(y0, x0, h * s, h * s)
         hr = apply_flips(hr, draw_flips(rng, self.augment)).contiguous()
         lr = pil_bicubic_resize(hr, (hr.shape[-2] // s, hr.shape[-1] // s))
         return {'inp': lr, 'gt': hr, 'scale': s}

@@ -8,7 +8,9 @@ Argument handling only (the inference session is ``engine/inference.py``, proces
   True/False/true/false/1/0/yes/no), so ``--fast False`` means off (published quirk B16 fixed);
 * **the session's flags** (``add_session_args``, ``session_options``): ``--window``, ``--tile``,
   ``--tile-overlap``, ``--scale-max`` / the published ``--scale_max``, ``--no-cell-clip``, and the CMSR table
-  (``add_cmsr_args``: ``--cmsr T.yaml`` or the published ``--cmsr True --cmsr_path T.yaml``);
+  (``add_cmsr_args``: ``--cmsr T.yaml`` or the published ``--cmsr True --cmsr_path T.yaml``; ``--cmsr-grid
+  exact|published``, default exact, published when the published spelling ``--cmsr True`` is used);
+* **threads** (``add_threads_arg``, ``apply_threads``): ``--threads N``, default ``utils.resources.default_threads``;
 * **device flags** (``choose_device``): ``--device cpu|cuda|cuda:N|mps`` or the published ``--gpu N``
   (CUDA device N; where CUDA is absent one line says the run goes on on the CPU); default CUDA, else
   MPS, else CPU; under ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (or the CPU).
@@ -54,13 +56,15 @@ def add_bool_flag(parser, name, default=None, help=None):
 
 
 def add_device_args(parser, multi=False):
-    """``--device`` and the published ``--gpu`` (``multi``: a comma list is accepted, for training)."""
+    """``--device``, the published ``--gpu`` (``multi``: a comma list is accepted, for training) and
+    ``--threads`` (scripts call ``apply_threads(args)`` once their flags are parsed)."""
     parser.add_argument('--device', default=None,
                         help='cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)')
     parser.add_argument('--gpu', default=None, metavar='N' + (',M' if multi else ''),
                         help='published spelling: run on CUDA device N' + (' (a comma list: several GPUs)'
                                                                           if multi else '')
                         + '; without CUDA the run goes on on the CPU with a note')
+    add_threads_arg(parser)
 
 
 def add_cmsr_args(parser):
@@ -74,6 +78,49 @@ def add_cmsr_args(parser):
     parser.add_argument('--cmsr-mse', '--cmsr_mse', dest='cmsr_mse', type=float, default=None, metavar='MSE',
                         help='published flag: the MSE threshold the table was built with; recorded only (the '
                              'table file decides what is rendered, as in the published code)')
+    parser.add_argument('--cmsr-grid', '--cmsr_grid', dest='cmsr_grid', choices=('exact', 'published'), default=None,
+                        help="grids CMSR renders its levels on: 'exact' pixel grids (no flat blocks along the right "
+                             "and bottom borders) or the 'published' resized LR grid (reproduces the published "
+                             "numbers); default exact, published with the published spelling --cmsr True")
+
+
+def cmsr_grid(cmsr, grid, script=None):
+    """The CMSR level grid (``engine.cmsr.GRIDS``) of ``--cmsr`` / ``--cmsr-grid``: the explicit choice, else
+    'published' when CMSR is switched on in the published spelling (``--cmsr True --cmsr_path T.yaml``, one
+    note line), else 'exact'."""
+    if grid is not None:
+        return grid
+    if cmsr is not None and is_bool_word(cmsr) and parse_bool(cmsr):
+        note('published spelling --cmsr True: CMSR renders on the published level grid (flat blocks along the '
+             'right and bottom borders); --cmsr-grid exact avoids them', script)
+        return 'published'
+    return 'exact'
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return n
+
+
+def add_threads_arg(parser):
+    """``--threads N``: CPU threads of this process (``apply_threads``)."""
+    parser.add_argument('--threads', type=positive_int, default=None, metavar='N',
+                        help='CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable cores minus '
+                             'the cores other processes keep busy, divided among the torchrun processes on this '
+                             'machine, at least 1; README "Threads")')
+
+
+def apply_threads(args):
+    """Set torch's thread count from ``--threads`` (or the default policy, ``utils.resources.set_threads``);
+    returns the count."""
+    from utils.resources import set_threads
+    return set_threads(getattr(args, 'threads', None))
 
 
 def cmsr_table_path(cmsr, cmsr_path):
@@ -141,10 +188,17 @@ def add_session_args(parser, window_default, tile_default=None):
                         help='do not clip cells (the LIIF repository protocol; clipping is the LTE/LMF default)')
 
 
-def session_options(args):
-    """``Session`` overrides from the flags of ``add_session_args``."""
-    return dict(window=args.window, tile=args.tile, tile_overlap=args.tile_overlap,
-                max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip)
+def session_options(args, script=None):
+    """``Session`` overrides from the flags of ``add_session_args`` (and the CMSR level grid of
+    ``add_cmsr_args``, when the parser has them)."""
+    options = dict(window=args.window, tile=args.tile, tile_overlap=args.tile_overlap,
+                   max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip)
+    if hasattr(args, 'cmsr_grid'):
+        if cmsr_table_path(args.cmsr, args.cmsr_path) is not None:
+            options['cmsr_exact_grid'] = cmsr_grid(args.cmsr, args.cmsr_grid, script) == 'exact'
+        elif args.cmsr_grid is not None:
+            raise CLIError(f'--cmsr-grid {args.cmsr_grid} needs --cmsr TABLE.yaml (CMSR is off)')
+    return options
 
 
 # ------------------------------------------------------------------------------------------------

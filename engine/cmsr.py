@@ -21,7 +21,12 @@ measures errors in the models' normalised output space ([-1, 1]); an MSE thresho
 
 Rendering (``render_levels``) follows the published algorithm with its edge cases fixed (docs/deviations.md, B11):
 batch > 1 is handled image by image, levels that select nothing are skipped, and the result is
-always resampled to the exact target grid. Coordinates are (row, col) in the (-1, 1) frame of the
+always resampled to the exact target grid. Levels are rendered on exact pixel-centre grids by default
+(``GRIDS``: ``'exact'``); ``'published'`` renders them on the published grid (the LR pixel-centre map resized
+bilinearly), which repeats the outermost LR centres along the right and bottom borders and leaves flat blocks
+there (up to 45 grey levels from plain rendering at x8/x12 where the interior differs by at most 22); it is
+kept to reproduce the published numbers and tables. Exact grids also move the points that fall on the last LR
+row's / column's pixel centres slightly inward (``exact_level_grid``). Coordinates are (row, col) in the (-1, 1) frame of the
 (padded) LR input; images are normalised ``(x - 0.5) / 0.5``.
 """
 import math
@@ -40,6 +45,9 @@ from utils.io import atomic_write
 INITIAL_SCALES = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 #: First-line comment of a table file naming the model kind the tables were built for (``# model: lmliif``).
 MODEL_COMMENT = re.compile(r'#\s*model:\s*([\w.+-]+)')
+#: Level grids of ``render_levels``: exact pixel-centre grids (the default, no border artefacts) or the
+#: published bilinearly resized LR-centre grid (reproduces the published code).
+GRIDS = ('exact', 'published')
 #: Top-level key of the same information in files of earlier versions (not readable by the published code).
 MODEL_KEY = 'model'
 
@@ -205,11 +213,37 @@ def level_grid(size, level_size, device=None):
     (qh*qw, 2).
 
     Near the borders (within S/2 output pixels) this repeats the outermost LR centres rather than giving
-    exact pixel centres; the published code renders on this grid (``exact_grid=True`` does not).
+    exact pixel centres; the published code renders on this grid (``exact_grid=False``; the default,
+    ``exact_grid=True``, uses ``make_coord``).
     """
     fc = make_coord(size, device=device, flatten=False)
     grid = F.interpolate(fc.permute(2, 0, 1).unsqueeze(0), size=level_size, mode='bilinear', align_corners=False)
     return grid[0].permute(1, 2, 0).reshape(-1, 2)
+
+
+#: How far (normalised units) ``exact_level_grid`` moves points off the last LR row's / column's pixel centres.
+LAST_CENTRE_OFFSET = 1e-5
+
+
+def exact_level_grid(size, level_size, device=None):
+    """Exact level coordinates: the pixel centres of a ``level_size`` grid (``make_coord``) -> (qh*qw, 2), with
+    the rows (columns) that fall exactly on the last LR row's (column's) pixel centres moved inward by
+    ``LAST_CENTRE_OFFSET``.
+
+    Levels of odd integer scale (x1, x3, x5) contain the LR pixel centres. At the centres of the last LR row the
+    local ensemble (shifts ``v/h + 1e-6``, clamped) maps both row neighbours onto that row, every area weight
+    becomes the same 1e-9 and the query returns the plain mean of its column neighbours (the last column
+    likewise): a band of 30-40 grey levels from plain rendering around the last LR row's centres at x8 (Set5
+    ``woman``). A point 1e-5 inside gets the ensemble's limit value there instead; levels of other scales are
+    unchanged, and so is a level that renders the target grid itself (its points stay the plain rendering's).
+    """
+    h, w = size
+    grid = make_coord(level_size, device=device)
+    for axis, n in ((0, h), (1, w)):
+        last = 1 - 1 / n
+        on = (grid[:, axis] - last).abs() < 2e-6      # within the ensemble shift (1e-6) of it, float rounding
+        grid[on, axis] = last - LAST_CENTRE_OFFSET
+    return grid
 
 
 def render_points(model, state, coord, cell, chunk):
@@ -285,7 +319,7 @@ def _cells(n, qh, qw, factor, like):
 # ---------------------------------------------------------------------------------------------------
 # rendering
 # ---------------------------------------------------------------------------------------------------
-def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exact_grid=False,
+def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=None, exact_grid=True,
            max_train_scale=4, macs_per_query=0):
     """CMSR rendering of one image.
 
@@ -298,9 +332,10 @@ def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=No
         S: target scale (default ``sqrt(Q / (h w))``, the published value for a full grid).
         chunk: queries per ``query`` call.
         stats: an ``engine.render.RenderStats`` accumulating the rendered fraction (``add``, ``queries``).
-        exact_grid: render levels on exact pixel-centre grids (``make_coord``) instead of the published
-            bilinearly resized LR-centre grid; a level at the target scale then renders exactly the
-            plain fast path's points.
+        exact_grid: True (default): render levels on exact pixel-centre grids (``exact_level_grid``; a level
+            that renders the target grid uses ``make_coord``, exactly the plain fast path's points), so the
+            borders carry no flat blocks; False: the published bilinearly resized LR-centre grid (published
+            numbers).
         max_train_scale: level cells are clipped by ``max(s / max_train_scale, 1)``.
     Returns (1, Q, 3).
     """
@@ -320,7 +355,12 @@ def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=No
         if s < 1:
             continue
         qh, qw = int(h * s), int(w * s)
-        grid = make_coord((qh, qw), device=coord.device) if exact_grid else level_grid((h, w), (qh, qw), coord.device)
+        if not exact_grid:
+            grid = level_grid((h, w), (qh, qw), coord.device)
+        elif s >= S and qh * qw == Q:       # the target grid itself: the plain fast path's points
+            grid = make_coord((qh, qw), device=coord.device)
+        else:
+            grid = exact_level_grid((h, w), (qh, qw), coord.device)
         sel = select(sample_nearest(m, grid, (h, w)), i, len(lv), low, high).nonzero().squeeze(1)
         plan.append((s, qh, qw, grid, sel))
         if stats is not None:

@@ -14,6 +14,12 @@ class CLIError(ValueError):
     """A command-line value is wrong or flags contradict each other."""
 
 
+class UpscaleError(ValueError):
+    """The one exception type of the Python API (``api.upscale``, ``api.load``, the ``hubconf`` entries): the
+    message is one line naming the problem (a bad argument, a missing or corrupt file, a request that cannot
+    fit in memory, an image that failed in a folder run)."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss, a validation prediction or metric, or the weights became NaN or infinite."""
 

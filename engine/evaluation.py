@@ -38,6 +38,25 @@ DEFAULT_METRICS = ('psnr', 'ssim')
 SSIM_WINDOW = 11
 
 
+class NonFinitePrediction(ValueError):
+    """The model predicted NaN/inf for an image (``name``); callers add what they know about the cause."""
+
+    def __init__(self, name):
+        super().__init__(f'the model predicted non-finite values (NaN/inf) for image {name}; no result reported')
+        self.name = name
+
+
+def check_scores(name, scores):
+    """Refuse a non-finite score of one image (it would make the means and summary.json NaN/inf): one line
+    naming the image and the metric. Predictions are finite here (``NonFinitePrediction`` comes first)."""
+    for metric, value in scores.items():
+        if value is None or math.isfinite(value):
+            continue
+        why = (' (the prediction equals the ground truth in the scored area)' if metric == 'psnr' and value > 0
+               else '')
+        raise ValueError(f'image {name}: {metric.upper()} is {value}{why}; no mean can be reported, no result written')
+
+
 def parse_eval_type(eval_type):
     """``'benchmark-4'`` -> ('benchmark', 4); ``'div2k-2.5'`` -> ('div2k', 2.5); None -> (None, None)."""
     if eval_type is None:
@@ -143,8 +162,9 @@ class Evaluation:
         self.rows.append(row)
 
     def mean(self, key):
+        """Mean of the images' values; None when no image has one (e.g. SSIM on images below its window)."""
         vals = [r[key] for r in self.rows if r.get(key) is not None]
-        return sum(vals) / len(vals) if vals else float('nan')
+        return sum(vals) / len(vals) if vals else None
 
 
 def evaluate(session, loader, eval_type, names=None, save=None, progress=None, protocol=None, metrics=None):
@@ -157,6 +177,8 @@ def evaluate(session, loader, eval_type, names=None, save=None, progress=None, p
         save: optional callable ``save(index, name, pred (3, H, W))``.
         progress: optional callable ``progress(index, evaluation)`` after every image.
         protocol, metrics: scoring (``score``; ``check_protocol``).
+    A non-finite prediction raises ``NonFinitePrediction``, a non-finite score ``ValueError`` (``check_scores``),
+    before the image is saved or counted.
     Items come from the ``sr-implicit-*`` wrappers (``gt`` (B, Q, 3), ``cell`` (B, Q, 2)) or their
     ``-fast`` variants (``gt`` (B, 3, H, W) images).
     Returns an ``Evaluation``; its ``stats`` are the session's (``engine.render.RenderStats``).
@@ -178,9 +200,12 @@ def evaluate(session, loader, eval_type, names=None, save=None, progress=None, p
         pred, elapsed = _timed(session, inp, (H, W))
         s = scale if scale is not None else H / inp.shape[-2]
         pred = pred.cpu()                        # metrics in float64 on the CPU (any device)
-        scores = score(pred, gt.cpu(), protocol, dataset, s, metrics)
         name = names[i] if names is not None and i < len(names) else f'{i + 1:03d}'
-        result.add(index=i + 1, name=name, lr_size=f'{inp.shape[-2]}x{inp.shape[-1]}', hr_size=f'{H}x{W}',
+        if not bool(torch.isfinite(pred).all()):
+            raise NonFinitePrediction(name)
+        scores = score(pred, gt.cpu(), protocol, dataset, s, metrics)
+        check_scores(name, scores)
+        result.add(index=i + 1, name=name, lr_size=f'{inp.shape[-1]}x{inp.shape[-2]}', hr_size=f'{W}x{H}',
                    **scores, seconds=elapsed)
         if save is not None:
             save(i, name, pred[0])

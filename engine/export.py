@@ -24,10 +24,12 @@ wraps them in the graph forms:
   scalar, an integer >= 1) ``-> (B, 3, r h, r w)``; the kernels are generated in the graph.
 
 All forms normalise the input as ``(x - 0.5) / 0.5``, denormalise the output and clamp it to [0, 1].
-The models' queries run unchunked in the graph (all H x W queries at once): memory grows with the output,
-so large outputs should be rendered in tiles: :class:`OnnxRuntimeModel` runs an arbitrary-form graph
-behind the engine's implicit-model protocol, so that the engine's own ``Tiled`` strategy renders with it
-(:func:`run_tiled`). CMSR is a rendering strategy of the engine and is not part of the graphs.
+The fixed form of implicit models is exported with its queries in an ONNX ``Loop`` of ``chunk`` queries per
+iteration (:func:`export_onnx`, :func:`chunked_fixed_graph`), so its memory is bounded whatever the output size;
+the arbitrary form answers the queries it is given, so large outputs are rendered in tiles or query batches:
+:class:`OnnxRuntimeModel` runs an arbitrary-form graph behind the engine's implicit-model protocol, so that the
+engine's own ``Tiled`` strategy renders with it (:func:`run_tiled`). The channel dimension of images is fixed
+to 3 in the graphs' signatures, batch and sizes are symbolic. CMSR is a rendering strategy of the engine and is not part of the graphs.
 """
 import math
 
@@ -60,15 +62,6 @@ def _check_exportable(model):
         raise ExportError(f'model {name!r}: no ONNX export form (exportable: liif, lte, metasr, lmliif, lmlte, and '
                           f'IGConv SR models)')
     return caps
-
-
-def max_opset():
-    """The newest ONNX opset this torch's (TorchScript) exporter writes."""
-    try:
-        from torch.onnx import _constants
-        return int(getattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', _constants.ONNX_MAX_OPSET))
-    except (ImportError, AttributeError):      # a torch without the constants: the published minimum only
-        return 17
 
 
 def parse_export_scale(scale):
@@ -127,6 +120,17 @@ class FixedScaleGraph(nn.Module):
             out = self.grid_model(x)
             return (out * NORM_STD + NORM_MEAN).clamp(0, 1)
         B = x.shape[0]
+        coord, cell, H, W = self.target_grid(x)
+        state = self.model.traced_prepare(x, cell)
+        pred = self.model.traced_query(state, coord, cell.expand(B, coord.shape[1], 2))
+        out = pred.reshape(B, H, W, 3).permute(0, 3, 1, 2)
+        return (out * NORM_STD + NORM_MEAN).clamp(0, 1)
+
+    def target_grid(self, x):
+        """Of the normalised input ``x`` (B, 3, h, w): the target pixel centres ``coord`` (B, H*W, 2), the
+        clipped ``cell`` (B, 1, 2) (the same for every query; ``prepare`` reads the first) and H, W (0-d
+        int64), computed in the graph from the input's shape."""
+        B = x.shape[0]
         h, w = spatial_size(x)
         hd, wd = h.to(torch.float64), w.to(torch.float64)
         sy, sx = self.scale
@@ -139,11 +143,32 @@ class FixedScaleGraph(nn.Module):
         m = self.max_train_scale
         cy = 2 / Hd * hd / hd * torch.clamp(Hd / hd / m, min=1.0)
         cx = 2 / Wd * wd / wd * torch.clamp(Wd / wd / m, min=1.0)
-        cell = torch.stack([cy, cx]).to(device=x.device, dtype=x.dtype).view(1, 1, 2).expand(B, coord.shape[1], 2)
-        state = self.model.traced_prepare(x, cell)
-        pred = self.model.traced_query(state, coord, cell)
-        out = pred.reshape(B, H, W, 3).permute(0, 3, 1, 2)
-        return (out * NORM_STD + NORM_MEAN).clamp(0, 1)
+        cell = torch.stack([cy, cx]).to(device=x.device, dtype=x.dtype).view(1, 1, 2).expand(B, 1, 2)
+        return coord, cell, H, W
+
+
+class _ChunkStep(nn.Module):
+    """What :func:`export_onnx` traces to build the chunked fixed-form graph: ``image``, ``it`` (int64
+    0-d, the chunk index) -> ``rgb`` (B, c, 3) of queries ``it*c .. it*c + c - 1`` (indices past the last
+    query repeat it), ``n`` (chunks), ``hw`` (H, W) and ``q1`` ([H*W]), with ``c = min(chunk, H*W)``.
+    Only the nodes that depend on ``it`` go into the ONNX ``Loop`` body."""
+
+    def __init__(self, graph, chunk):
+        super().__init__()
+        self.graph, self.chunk = graph, int(chunk)
+
+    def forward(self, image, it):
+        x = (image - NORM_MEAN) / NORM_STD
+        B = x.shape[0]
+        coord, cell, H, W = self.graph.target_grid(x)
+        state = self.graph.model.traced_prepare(x, cell)
+        q = H * W
+        c = torch.clamp(q, max=self.chunk)
+        n = torch.div(q + c - 1, c, rounding_mode='floor')
+        idx = torch.minimum(torch.arange(c) + it * c, q - 1)
+        pred = self.graph.model.traced_query(state, coord.index_select(1, idx), cell.expand(B, idx.shape[0], 2))
+        rgb = (pred * NORM_STD + NORM_MEAN).clamp(0, 1)
+        return rgb, n, torch.stack([H, W]), q.reshape(1)
 
 
 class ArbitraryScaleGraph(nn.Module):
@@ -255,15 +280,35 @@ def grid_inputs(lr_size, out_size, batch=1, max_train_scale=4):
     return coord, cell
 
 
-def export_onnx(graph, form, opset=17, example=None):
-    """Export a graph form to ONNX bytes (TorchScript-based exporter: offline and deterministic)."""
+#: the parity tolerance of ONNX Runtime against PyTorch, in [0, 1] image units: half an 8-bit level. Outputs
+#: are saved as 8-bit images, so a difference below it moves a saved pixel by at most one level (only where
+#: the value sits on a rounding boundary). A correct export differs by float32 rounding: about 1e-6 in
+#: general and up to about 1.2e-4 in single border rows/columns (ONNX Runtime's kernels compute a few
+#: coordinates one ulp apart from PyTorch's; the bundled LM-LIIF at x3 on a 31x9 input: 1.1e-4 in output row
+#: 91 of 93), i.e. 0.03 of a level; a wrong weight, coordinate or cell shows as differences of many levels.
+DEFAULT_TOL = 0.5 / 255
+
+#: queries per ``Loop`` iteration of the fixed-form graph of implicit models (``--chunk``): the graph's working
+#: set is about 7.5 KB per query for the bundled LM-LIIF, so 16384 queries keep it near 120 MB at any size
+DEFAULT_CHUNK = 16384
+
+
+def max_opset():
+    """The highest opset the installed torch's TorchScript-based exporter writes (20 for torch 2.2-2.13)."""
+    from torch.onnx import _constants
+    return int(getattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', getattr(_constants, 'ONNX_MAX_OPSET', 17)))
+
+
+def check_opset(opset):
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= max_opset():
+        raise ExportError(f'opset must be an integer from 17 to {max_opset()} (what this torch exports), got {opset!r}')
+    return opset
+
+
+def _torch_export(module, example, inputs, outputs, axes, opset):
     import inspect
     import io
     import warnings
-    if opset < 17:
-        raise ExportError(f'opset must be >= 17, got {opset}')
-    inputs, outputs, axes = IO_NAMES[getattr(graph, 'io_key', form)]
-    example = example if example is not None else example_inputs(form)
     buf = io.BytesIO()
     # torch >= 2.5 has a torch.export-based exporter (the default from 2.9, needs onnxscript); the TorchScript
     # one runs offline and deterministically, and is the only one before 2.5
@@ -271,9 +316,97 @@ def export_onnx(graph, form, opset=17, example=None):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')     # the legacy exporter's deprecation and tracer warnings
         with torch.no_grad():
-            torch.onnx.export(graph, tuple(example), buf, opset_version=opset, input_names=inputs,
+            torch.onnx.export(module, tuple(example), buf, opset_version=opset, input_names=inputs,
                               output_names=outputs, dynamic_axes=axes, do_constant_folding=True, **legacy)
     return buf.getvalue()
+
+
+def export_onnx(graph, form, opset=17, example=None, chunk=DEFAULT_CHUNK):
+    """Export a graph form to ONNX bytes (TorchScript-based exporter: offline and deterministic).
+
+    The channel dimension of ``image`` and of the output is fixed to 3; batch and spatial sizes (and the
+    number of queries) are symbolic. The fixed form of implicit models queries the target grid in an ONNX
+    ``Loop`` of ``chunk`` queries per iteration (:func:`chunked_fixed_graph`), so its memory is bounded by the
+    chunk, not the output size; ``chunk=None`` queries every pixel at once (the plain traced graph).
+    """
+    check_opset(opset)
+    inputs, outputs, axes = IO_NAMES[getattr(graph, 'io_key', form)]
+    example = example if example is not None else example_inputs(form)
+    if isinstance(graph, FixedScaleGraph) and graph.model is not None and chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ExportError(f'chunk must be a positive integer (queries per graph iteration), got {chunk!r}')
+        step = _ChunkStep(graph, chunk).eval()
+        data = _torch_export(step, (example[0], torch.tensor(0, dtype=torch.int64)), ['image', 'it'],
+                             ['rgb', 'n', 'hw', 'q1'], {'image': axes['image'], 'rgb': {0: 'batch', 1: 'chunk'}},
+                             opset)
+        return chunked_fixed_graph(data)
+    return _fix_channels(_torch_export(graph, example, inputs, outputs, axes, opset))
+
+
+def _fix_channels(data):
+    """Set the channel dimension (1) of 4-D image inputs and outputs to 3 (the exporter leaves the outputs'
+    symbolic)."""
+    import onnx
+    proto = onnx.load_from_string(data)
+    for v in list(proto.graph.input) + list(proto.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            dims[1].Clear()
+            dims[1].dim_value = 3
+    return proto.SerializeToString()
+
+
+def chunked_fixed_graph(step_bytes):
+    """The fixed-form graph ``image -> output`` from the traced :class:`_ChunkStep` (``image``, ``it`` ->
+    ``rgb``, ``n``, ``hw``, ``q1``): its nodes that depend on ``it`` become the body of a ``Loop`` over the
+    ``n`` chunks (outer values, the encoder's state among them, are read from the enclosing scope); the
+    stacked chunks (n, B, c, 3) are reordered to (B, n*c, 3), cut to the H*W queries and reshaped to
+    (B, 3, H, W)."""
+    import onnx
+    from onnx import TensorProto, helper
+    step = onnx.load_from_string(step_bytes)
+    g = step.graph
+    tainted, body_nodes, outer_nodes = {'it'}, [], []
+    for node in g.node:
+        if any(i in tainted for i in node.input):
+            body_nodes.append(node)
+            tainted.update(node.output)
+        else:
+            outer_nodes.append(node)
+    outs = {o.name for o in g.output}
+    if 'rgb' not in tainted or any(o in tainted for o in outs - {'rgb'}):
+        raise ExportError('internal: the traced chunk step does not split into a per-chunk body')
+    body = helper.make_graph(
+        [helper.make_node('Identity', ['cond_in'], ['cond_out'])] + body_nodes, 'query_chunk',
+        [helper.make_tensor_value_info('it', TensorProto.INT64, []),
+         helper.make_tensor_value_info('cond_in', TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info('cond_out', TensorProto.BOOL, []),
+         helper.make_tensor_value_info('rgb', TensorProto.FLOAT, None)],
+        value_info=[v for v in g.value_info if v.name in tainted])
+
+    def const(name, values):
+        return helper.make_node('Constant', [], [name], value=helper.make_tensor(name, TensorProto.INT64,
+                                                                                 [len(values)], values))
+    post = [
+        helper.make_node('Loop', ['n', ''], ['chunks'], body=body),
+        helper.make_node('Transpose', ['chunks'], ['chunks_b'], perm=[1, 0, 2, 3]),
+        const('flat_shape', [0, -1, 3]),
+        helper.make_node('Reshape', ['chunks_b', 'flat_shape'], ['flat']),
+        const('zero1', [0]), const('one1', [1]), const('three1', [3]),
+        helper.make_node('Slice', ['flat', 'zero1', 'q1', 'one1'], ['queries']),
+        helper.make_node('Shape', ['image'], ['image_shape']),
+        helper.make_node('Slice', ['image_shape', 'zero1', 'one1', 'zero1'], ['batch1']),
+        helper.make_node('Concat', ['batch1', 'hw', 'three1'], ['bhwc'], axis=0),
+        helper.make_node('Reshape', ['queries', 'bhwc'], ['bhwc_out']),
+        helper.make_node('Transpose', ['bhwc_out'], ['output'], perm=[0, 3, 1, 2]),
+    ]
+    image = [i for i in g.input if i.name == 'image']
+    out = helper.make_tensor_value_info('output', TensorProto.FLOAT, ['batch', 3, 'out_height', 'out_width'])
+    main = helper.make_graph(outer_nodes + post, g.name or 'fixed', image, [out], initializer=list(g.initializer),
+                             value_info=[v for v in g.value_info if v.name not in tainted])
+    model = helper.make_model(main, opset_imports=list(step.opset_import), producer_name=step.producer_name,
+                              producer_version=step.producer_version, ir_version=step.ir_version)
+    return _fix_channels(model.SerializeToString())
 
 
 def ort_session(onnx_model, threads=None):
@@ -314,7 +447,7 @@ def reference_output(model, form, inputs, scale=None, max_train_scale=None):
         return (pred * NORM_STD + NORM_MEAN).clamp(0, 1)
 
 
-def verify(model, onnx_model, form, scale=None, sizes=((24, 20),), scales=(2.0,), tol=1e-4, threads=None,
+def verify(model, onnx_model, form, scale=None, sizes=((24, 20),), scales=(2.0,), tol=DEFAULT_TOL, threads=None,
            max_train_scale=None):
     """Run the ONNX model in ONNX Runtime and the PyTorch model on the same inputs.
 
@@ -393,16 +526,16 @@ def benchmark_row(name, model, scale, lr_size, repeats=3, warmup=1, max_queries=
     Returns a dict row for ``scripts/benchmark.py``: ``model`` = '<name> (onnx)', ``scale``, ``input``,
     ``output``, ``total_s`` (ONNX Runtime, median), ``torch_s`` (the same whole-image graph in PyTorch,
     median), ``max_diff`` (ONNX Runtime vs the engine) and ``note``. Outputs above ``max_queries`` pixels are
-    not run (the graph answers every query at once: memory grows with the output, about 7.5 KB per output
-    pixel for LM-LIIF and several times that for LIIF; see :func:`run_tiled`).
+    not run (a bound on the benchmark's time: the untiled PyTorch graph it is compared with holds every query
+    at once, about 7.5 KB per output pixel for LM-LIIF and several times that for LIIF).
     """
     from engine.profiling import time_fn
     h, w = lr_size
     H, W = output_size((h, w), scale)
     row = {'model': f'{name} (onnx)', 'scale': scale, 'input': f'{w}x{h}', 'output': f'{W}x{H}'}
     if H * W > max_queries:
-        row['note'] = (f'ONNX not run: {H * W:,} output pixels in one graph call exceed {max_queries:,} '
-                       f'(render in tiles, engine.export.run_tiled)')
+        row['note'] = (f'ONNX not run: {H * W:,} output pixels exceed {max_queries:,} (the untiled PyTorch graph '
+                       f'it is compared with holds every query at once)')
         return row
     model = model.to('cpu').eval()
     graph = make_graph(model, 'fixed', scale)

@@ -21,9 +21,14 @@ from . import render as _render
 from .errors import CLIError, note
 from .render import denormalise, normalise, window_pad  # noqa: F401  (public helpers)
 
-#: Where a bare checkpoint name (no folder) is looked up when it is not in the working directory,
-#: relative to the working directory (the published README runs from the repository root).
+#: The repository root. Paths of bundled files (``save/pretrained_models/...``, ``configs/...``) that do not
+#: exist relative to the working directory are looked up here, so commands work from any directory.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Where a bare checkpoint name (no folder) is also looked up: relative to the working directory, then to
+#: ``REPO_ROOT`` (the published README runs ``--model edsr-b_lm-liif.pth`` from the repository root).
 MODEL_SEARCH_DIRS = (os.path.join('save', 'pretrained_models'), 'save')
+#: The model ``demo.py`` and the API use when none is given (relative to ``REPO_ROOT``).
+DEFAULT_MODEL = os.path.join('save', 'pretrained_models', 'edsr-b_lm-liif.safetensors')
 #: ``tile='auto'``: inputs above this many LR pixels are encoded in tiles of ``AUTO_TILE`` (exact tiling only).
 AUTO_TILE_ABOVE = 512 * 512
 AUTO_TILE = 256
@@ -36,23 +41,51 @@ def exact_overlap(model):
     return model.capabilities.exact_tile_overlap
 
 
-def resolve_model_path(path):
-    """A checkpoint path as given, or a bare file name found in ``save/pretrained_models`` / ``save``.
+def repo_relative(path):
+    """``path`` if it exists (or is absolute, or is not in the repository either), else ``REPO_ROOT/path``:
+    data folders of bundled configs (``load/...``) from any working directory. Never raises."""
+    path = os.fspath(path)
+    if os.path.isabs(path) or not path or os.path.exists(path):
+        return path
+    candidate = os.path.join(REPO_ROOT, path)
+    return candidate if os.path.exists(candidate) else path
 
-    The published README runs ``init_cmsr.py --model edsr-b_lm-liif.pth`` from the repository root,
-    where the file lies in ``save/pretrained_models/``.
+
+def resolve_path(path, what='file', search_dirs=()):
+    """The file a user path names, from any working directory (the one path policy of every entry point).
+
+    In order: ``path`` as given, if it exists (relative to the working directory: a user's own file always
+    wins); for a relative path, ``REPO_ROOT/path`` (bundled files and configs); for a bare file name, each
+    of ``search_dirs`` relative to the working directory, then to ``REPO_ROOT``. Otherwise ``CLIError``
+    "<what> not found: <path>" naming where it looked. Returns the path as given, or the found path.
     """
     path = os.fspath(path)
     if os.path.exists(path):
         return path
-    if os.path.dirname(path) == '':
-        for folder in MODEL_SEARCH_DIRS:
-            candidate = os.path.join(folder, path)
-            if os.path.isfile(candidate):
+    looked = ['the working directory']
+    if not os.path.isabs(path) and path:
+        bare = os.path.dirname(path) == ''
+        candidates = [os.path.join(folder, path) for folder in search_dirs if bare]
+        candidates += [os.path.join(REPO_ROOT, path)]
+        candidates += [os.path.join(REPO_ROOT, folder, path) for folder in search_dirs if bare]
+        looked += [f'{d}/' for d in search_dirs if bare]
+        for candidate in candidates:
+            if os.path.exists(candidate):
                 return candidate
-        where = ', '.join(f'{d}/' for d in MODEL_SEARCH_DIRS)
-        raise CLIError(f'model file not found: {path} (looked in the working directory and in {where})')
-    raise CLIError(f'model file not found: {path}')
+        looked.append(f'the repository ({REPO_ROOT})')
+    raise CLIError(f'{what} not found: {path} (looked in {", ".join(looked)})')
+
+
+def resolve_model_path(path):
+    """A checkpoint path (``resolve_path`` with bare names also looked up in ``save/pretrained_models`` and
+    ``save``); ``None`` -> the default model ``DEFAULT_MODEL`` (its ``.pth`` twin where only that exists)."""
+    if path is None:
+        for candidate in (DEFAULT_MODEL, os.path.splitext(DEFAULT_MODEL)[0] + '.pth'):
+            if os.path.isfile(os.path.join(REPO_ROOT, candidate)):
+                return os.path.join(REPO_ROOT, candidate)
+        raise CLIError(f'the default model {DEFAULT_MODEL} is not in the repository ({REPO_ROOT}); pass a model '
+                       f'path (README, "Pretrained models")')
+    return resolve_path(path, 'model file', MODEL_SEARCH_DIRS)
 
 
 def load_model(path, device='cpu', script=None):
@@ -109,7 +142,8 @@ class Session:
     """One model, ready to upscale images the way every entry point does.
 
     Args:
-        model: a registered SR model (moved to ``device``, eval mode).
+        model: a registered SR model (moved to ``device``, eval mode); ``api.session_for`` unwraps a hub
+            model's ``sr_model``.
         device: where it runs (default: where the model's parameters are, else the CPU).
         window: pad inputs to a multiple of this; None or 'auto': the encoder's own window
             (``capabilities.window``: 8 for SwinIR, else 0). ``published_window`` pads like the published
@@ -121,13 +155,14 @@ class Session:
         clip_cells: test-time cell clipping by ``max(scale / max_train_scale, 1)``.
         max_train_scale: overrides the model's largest training scale (``--scale-max``).
         cmsr: a Scale2Mod table file (path) or a validated table set: LM models render scales beyond the
-            training range with CMSR; ``cmsr_exact_grid`` renders its levels on exact grids.
+            training range with CMSR; ``cmsr_exact_grid`` (default True) renders its levels on exact pixel
+            grids, False on the published grid (border artefacts; reproduces the published numbers).
 
     ``stats`` (``engine.render.RenderStats``) accumulates over calls.
     """
 
     def __init__(self, model, device=None, *, window=None, published_window=False, tile=None, tile_overlap=None,
-                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=False):
+                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=True):
         if device is None:
             device = str(next(iter(model.parameters()), torch.empty(0)).device)
         self.device = device
@@ -167,7 +202,7 @@ class Session:
                              f'{caps.name or type(self.model).__name__} model')
         if isinstance(cmsr, dict):
             return cmsr_lib.validate_tables(cmsr, 'CMSR tables', caps)
-        return cmsr_lib.load_tables(cmsr, caps)
+        return cmsr_lib.load_tables(resolve_path(cmsr, 'CMSR table'), caps)
 
     # ---- the plan of one request ----
     def tile_for(self, lr_size):
@@ -210,7 +245,7 @@ class Session:
         device. ``progress``: a callable ``progress(n_done_queries)`` or None."""
         H, W = size
         if H < 1 or W < 1:
-            raise ValueError(f'output size must be positive, got {H}x{W}')
+            raise ValueError(f'output size must be positive, got {W}x{H}')
         tile = self.tile_for(tuple(img.shape[-2:]))
         out, _ = _render.render(self.model, img.to(self.device), (H, W), window=self.window,
                                 published_window=self.published_window, max_train_scale=self.max_train_scale,
@@ -242,7 +277,8 @@ class Upscaler:
         clip_cells: test-time cell clipping by ``max(scale / max_train_scale, 1)``; ``max_train_scale``
             overrides the model's.
         cmsr_tables: a validated Scale2Mod table set (``engine.cmsr.load_tables``): LM models render
-            scales beyond the training range with CMSR; ``cmsr_exact_grid`` renders levels on exact grids.
+            scales beyond the training range with CMSR; ``cmsr_exact_grid`` (default True) renders levels on
+            exact pixel grids, False on the published grid.
         progress: a callable ``progress(n_done_queries)`` or None.
 
     ``stats`` (``engine.render.RenderStats``) accumulates over calls: queries, ``query`` calls and their
@@ -250,7 +286,7 @@ class Upscaler:
     """
 
     def __init__(self, model, bsize=None, tile=None, tile_overlap=None, window=0, published_window=False,
-                 clip_cells=True, progress=None, cmsr_tables=None, cmsr_exact_grid=False, max_train_scale=None):
+                 clip_cells=True, progress=None, cmsr_tables=None, cmsr_exact_grid=True, max_train_scale=None):
         self.model = model
         self.options = dict(chunk=bsize, tile=tile, tile_overlap=tile_overlap, window=window or 0,
                             published_window=published_window, clip=clip_cells, max_train_scale=max_train_scale,
@@ -270,6 +306,6 @@ class Upscaler:
     def __call__(self, img, size):
         H, W = size
         if H < 1 or W < 1:
-            raise ValueError(f'output size must be positive, got {H}x{W}')
+            raise ValueError(f'output size must be positive, got {W}x{H}')
         out, _ = _render.render(self.model, img, (H, W), stats=self.stats, **self.options)
         return out

@@ -130,18 +130,18 @@ def check(model, lr_size, out_size, device='cpu', chunk=None, tile=None, tile_ov
     need = f'needs about {gib(est.total)} but only {gib(avail)} is available on {device}'
     budget = avail / SAFETY
     if est.input >= budget * 0.5:
-        raise MemoryEstimateError(f'the {h}x{w} (HxW) input {need} (the input alone takes {gib(est.input)}); use a '
+        raise MemoryEstimateError(f'the {w}x{h} input {need} (the input alone takes {gib(est.input)}); use a '
                                   f'smaller input image')
     if est.output >= budget * 0.8:
         raise MemoryEstimateError(
-            f'{what} {H}x{W} (HxW) {need} (the {H}x{W} result alone takes {gib(est.output)}); '
+            f'{what} {W}x{H} {need} (the {W}x{H} result alone takes {gib(est.output)}); '
             f'use a smaller --size or --scale')
     if est.encoder >= est.decoder:
         room = max(budget - est.output - est.decoder - est.input, 0)
         per_px = max(est.encoder / max(h * w * batch, 1), 1)
         side = int((room / per_px) ** 0.5) - 2 * (tile_overlap or 40)
         hint = f'--tile {max(side, 16)}' if side >= 16 else 'a smaller input'
-        raise MemoryEstimateError(f'encoding the {h}x{w} input {need} ({gib(est.encoder)} for encoder activations); '
+        raise MemoryEstimateError(f'encoding the {w}x{h} input {need} ({gib(est.encoder)} for encoder activations); '
                                   f'use {hint}')
     room = max(budget - est.output - est.encoder - est.input, 0)
     q = min(plan_chunk(model, chunk), H * W * batch)

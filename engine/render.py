@@ -246,11 +246,11 @@ def check_target(capabilities, lr_size, out_size):
     name = capabilities.name or 'this model'
     r = H // h
     if capabilities.integer_scales_only and (H != r * h or W != r * w):
-        raise ValueError(f'{name} supports integer scales only (the same for rows and columns): {h}x{w} -> '
-                         f'{H}x{W} is not an integer multiple; use an implicit model such as lmliif for other scales')
+        raise ValueError(f'{name} supports integer scales only (the same for rows and columns): {w}x{h} -> '
+                         f'{W}x{H} is not an integer multiple; use an implicit model such as lmliif for other scales')
     if capabilities.scales is not None and (H != r * h or W != r * w or r not in capabilities.scales):
         raise ValueError(f'{name} supports scales {", ".join(f"x{v}" for v in capabilities.scales)} only; '
-                         f'{h}x{w} -> {H}x{W} is not one of them')
+                         f'{w}x{h} -> {W}x{H} is not one of them')
 
 
 def _frame_target(plan, lr_size, frame_size):
@@ -260,8 +260,8 @@ def _frame_target(plan, lr_size, frame_size):
     hf, wf = frame_size
     fh, fw = H * hf / h, W * wf / w
     if abs(fh - round(fh)) > 1e-9 or abs(fw - round(fw)) > 1e-9:
-        raise ValueError(f'a whole-grid model cannot render {h}x{w} -> {H}x{W} with window padding to '
-                         f'{hf}x{wf}: the padded target {fh:g}x{fw:g} is not whole pixels; use --window 0')
+        raise ValueError(f'a whole-grid model cannot render {w}x{h} -> {W}x{H} with window padding to '
+                         f'{wf}x{hf}: the padded target {fw:g}x{fh:g} is not whole pixels; use --window 0')
     return round(fh), round(fw)
 
 
@@ -378,9 +378,10 @@ class CMSR:
     Under window padding the levels come from the real target grid as in the published test script:
     when the padded target grid has an integer size, that whole grid is rendered (scale
     ``sqrt(Q / (hf wf))``) and cropped; otherwise the target points are rendered at the real scale.
+    ``exact_grid``: levels on exact pixel grids (default) or on the published grid (``engine.cmsr.GRIDS``).
     """
 
-    def __init__(self, plan, tables, exact_grid=False, progress=None):
+    def __init__(self, plan, tables, exact_grid=True, progress=None):
         cmsr_lib.validate_tables(tables)
         self.plan, self.tables, self.exact_grid, self.progress = plan, tables, exact_grid, progress
 
@@ -420,7 +421,7 @@ class CMSR:
         return torch.cat(outs), stats
 
 
-def choose(model, plan, tile=None, tile_overlap=None, cmsr_tables=None, cmsr_exact_grid=False, progress=None):
+def choose(model, plan, tile=None, tile_overlap=None, cmsr_tables=None, cmsr_exact_grid=True, progress=None):
     """The strategy that renders ``plan`` for ``model``: CMSR when tables are given and the scale is
     beyond the training range (``engine.cmsr.applies``), else Tiled when ``tile`` is set, else Dense."""
     caps = model.capabilities

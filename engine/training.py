@@ -95,9 +95,13 @@ def _batch_len(batch):
     return int(batch['inp'].shape[0])
 
 
-def train_step(run, group, epoch=0, step=0):
+def train_step(run, group, epoch=0, step=0, probe=None):
     """One optimizer step over a list of micro-batches; returns (loss of the step, {scale: losses},
-    total gradient norm before clipping or None). The gradients stay in ``.grad`` until the next step."""
+    total gradient norm before clipping or None). The gradients stay in ``.grad`` until the next step.
+
+    ``probe`` (timing, ``scripts/train_benchmark.py``): called as ``probe('forward')`` after each
+    micro-batch's forward pass and loss (its value read), ``probe('backward')`` after its backward pass and
+    ``probe('optimizer')`` after the optimizer step (and EMA update); it changes nothing computed."""
     dd, net = run.dd, run.net
     total = sum(_batch_len(b) for b in group)
     dtype = run.settings.amp_dtype
@@ -114,10 +118,14 @@ def train_step(run, group, epoch=0, step=0):
                 dist.all_reduce(value)
                 value /= dd.world
             value = value.item()
+            if probe is not None:
+                probe('forward')
             if not math.isfinite(value):
                 raise TrainingDiverged(f'the training loss is {value} at epoch {epoch}, step {step + 1}')
             weighted = loss * (_batch_len(batch) / total)
             (run.scaler.scale(weighted) if run.scaler is not None else weighted).backward()
+            if probe is not None:
+                probe('backward')
         step_loss += value * _batch_len(batch) / total
         if 'scale' in batch:
             per_scale.append((int(batch['scale'][0]), loss.item()))
@@ -139,6 +147,8 @@ def train_step(run, group, epoch=0, step=0):
                                f'{run.optimizer.param_groups[0]["lr"]:g})') from None
     if run.ema is not None:
         run.ema.update(run.model)
+    if probe is not None:
+        probe('optimizer')
     return step_loss, per_scale, norm
 
 

@@ -235,7 +235,8 @@ def demo_check(args, scales, rows, device):
                 buf = StringIO()
                 with redirect_stdout(buf):
                     code = demo.main(['--input', src, '--output', os.path.join(tmp, 'out.png'), '--scale', str(s),
-                                      '--model', args.lmliif_checkpoint, '--device', device, '--tile', '0']
+                                      '--model', args.lmliif_checkpoint, '--device', device, '--tile', '0',
+                                      '--threads', str(torch.get_num_threads())]
                                      + (['--bsize', str(args.bsize)] if args.bsize else []))
                 found = re.search(r'\(model ([0-9.]+)s\)', buf.getvalue())
                 if code != 0 or not found:
@@ -368,6 +369,8 @@ def build_parser():
     p.add_argument('--scales', default='2,4,8,12,30', help='comma-separated integer scales')
     p.add_argument('--models', default=DEFAULT_MODELS, help=f'rows (default {DEFAULT_MODELS})')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    from engine import cli
+    cli.add_threads_arg(p)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--max-seconds', type=float, default=120,
@@ -398,6 +401,7 @@ def check_options(args, parser):
     scales = validate.scales_list(args.scales, '--scales', integers=True, minimum=2)
     validate.cli_numbers(args, 'benchmark.py')
     from engine import cli
+    cli.apply_threads(args)
     device = cli.choose_device(args.device, None, 'benchmark.py')
     names = [n.strip() for n in args.models.split(',')]
     known = set(CONFIGS) | set(GRID_MODELS) | {'subpixel'}

@@ -44,12 +44,18 @@ def check_destination(src, dst):
                              f'destination')
 
 
+def build_parser():
+    import argparse
+    p = argparse.ArgumentParser(prog='export_model.py', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('src', help='the checkpoint to export (.pth or .safetensors)')
+    p.add_argument('dst', help='the file to write (.safetensors: safetensors, else a .pth checkpoint)')
+    return p
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] in ('-h', '--help'):
-        print(__doc__)
-        return 0 if argv and argv[0] in ('-h', '--help') else 2
-    src, dst = argv
+    args = build_parser().parse_args(None if argv is None else [os.fspath(a) for a in argv])
+    src, dst = args.src, args.dst
     try:
         check_destination(src, dst)
         ckpt = load_checkpoint(src)

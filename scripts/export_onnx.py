@@ -15,11 +15,14 @@ Forms (engine/export.py):
              clipping factor max(scale / max_train_scale, 1) (engine.export.grid_inputs computes both).
              IGConv SR models: image, scale (int64 scalar, an integer >= 1) -> output (B, 3, r*h, r*w): the
              kernels are generated in the graph for the scale given at run time.
-Batch and sizes are dynamic in both forms. The whole output is computed in one call: render large outputs
-in tiles (README, "ONNX export"). Before writing, the export is run in ONNX Runtime and compared with the
-PyTorch model (the engine for the fixed form, prepare/query for the arbitrary form) on --check-sizes (and
---check-scales for the arbitrary form); the script says which inputs and sizes it verified and writes
-nothing if any difference exceeds --tol.
+Batch and sizes are dynamic in both forms, the channel dimension is 3. The fixed form of implicit models
+queries the output in an ONNX Loop of --chunk queries per iteration, so its memory does not grow with the
+output (the bundled LM-LIIF: 234 MB peak in ONNX Runtime for a 512x600 output, README "ONNX"); the
+arbitrary form answers the queries it is given (render large outputs in tiles: engine.export.run_tiled).
+Before writing, the export is run in ONNX Runtime and compared with the PyTorch model (the engine for the
+fixed form, prepare/query for the arbitrary form) on --check-sizes (and --check-scales for the arbitrary
+form); the script says which inputs and sizes it verified and writes nothing if any difference exceeds
+--tol (default half an 8-bit level, engine.export.DEFAULT_TOL).
 """
 import argparse
 import os
@@ -30,6 +33,11 @@ if not __package__:   # run as a file: the project's packages are importable onl
     sys.exit('export_onnx.py: error: run it from the repository root as a module: python -m scripts.export_onnx ...')
 
 SCRIPT = 'export_onnx.py'
+#: output pixels of one check (--check-sizes times the scale): a chunked fixed graph's memory does not grow with
+#: them (only the time does); a graph that answers every query at once (the arbitrary form, --chunk 0) needs
+#: about 7.5 KB per pixel for LM-LIIF and several times that for LIIF
+MAX_CHECK_PIXELS = 16 << 20
+MAX_CHECK_QUERIES_AT_ONCE = 1 << 18
 
 
 def parse_sizes(text, name='--check-sizes'):
@@ -69,7 +77,10 @@ def build_parser():
     p.add_argument('--output', required=True, help='the .onnx file to write')
     p.add_argument('--form', choices=('fixed', 'arbitrary'), default='fixed', help='graph form (default: fixed)')
     p.add_argument('--scale', help="fixed form: the scale, '4', '3.5' or rows,cols '3,2'")
-    p.add_argument('--opset', type=int, default=17, help='ONNX opset, >= 17 (default 17)')
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset, 17 to the highest this torch exports (default 17)')
+    p.add_argument('--chunk', type=int, default=None,
+                   help='fixed form of implicit models: queries per graph loop iteration, bounding its memory '
+                        '(default 16384, about 120 MB of working set for LM-LIIF); 0: every query at once')
     p.add_argument('--scale-max', '--scale_max', dest='max_train_scale', type=float, default=None,
                    help="largest training scale for cell clipping (default: the checkpoint's, else the model's)")
     p.add_argument('--check-sizes', default='24x20,13x17,31x9',
@@ -77,7 +88,10 @@ def build_parser():
                         'traces 24x20, so the others check that sizes are dynamic)')
     p.add_argument('--check-scales', default=None,
                    help='arbitrary form: scales checked (default 2,3.5,6; IGConv models 2,3,4)')
-    p.add_argument('--tol', type=float, default=1e-4, help='largest accepted |ONNX Runtime - PyTorch| (default 1e-4)')
+    p.add_argument('--tol', type=float, default=None,
+                   help='largest accepted |ONNX Runtime - PyTorch| in [0, 1] image units (default 0.5/255 = '
+                        '1.96e-3: half an 8-bit level, so a saved 8-bit image moves by at most one level; float32 '
+                        'reordering and one-ulp coordinate differences give about 1e-6 to 1e-4)')
     p.add_argument('--quiet', action='store_true', help='only errors')
     return p
 
@@ -86,11 +100,17 @@ def check_args(args):
     """The numbers and the form's options, before anything is loaded: (fixed-form scale or None, sizes)."""
     from engine import export
     from utils.validate import InputError, cli_numbers
-    top = export.max_opset()
-    if not 17 <= args.opset <= top:
-        raise InputError(f'--opset must be 17..{top} (the range this torch exports), got {args.opset}')
-    if not (args.tol > 0):
-        raise InputError(f'--tol must be positive, got {args.tol}')
+    if not 17 <= args.opset <= export.max_opset():
+        raise InputError(f'--opset must be from 17 to {export.max_opset()} (what torch {torch_version()} exports), '
+                         f'got {args.opset}')
+    if args.tol is None:
+        args.tol = export.DEFAULT_TOL
+    if not (0 < args.tol <= 0.5):
+        raise InputError(f'--tol must be in (0, 0.5] (image units, [0, 1]), got {args.tol}')
+    if args.chunk is not None and not 0 <= args.chunk <= 1 << 24:
+        raise InputError(f'--chunk must be 0 (no loop) or a number of queries up to {1 << 24}, got {args.chunk}')
+    if args.chunk is not None and args.form != 'fixed':
+        raise InputError('--chunk is for --form fixed (the arbitrary form answers the queries it is given)')
     cli_numbers(args, SCRIPT, {'max_train_scale': '--scale-max'})
     if args.form == 'fixed' and args.scale is None:
         raise InputError('--form fixed needs --scale')
@@ -99,13 +119,31 @@ def check_args(args):
     if args.form == 'fixed' and args.check_scales is not None:
         raise InputError('--check-scales is for --form arbitrary (the fixed form is checked at --scale)')
     scale = export.parse_export_scale(args.scale) if args.form == 'fixed' else None
+    sizes = parse_sizes(args.check_sizes)
     if scale is not None:
-        from utils.validate import MAX_SIDE
-        if max(24 * scale[0], 20 * scale[1]) > MAX_SIDE:     # traced at 24x20 (export_graph)
-            raise InputError(f'--scale {args.scale}: the 24x20 trace example would be '
-                             f'{24 * scale[0]:.3g}x{20 * scale[1]:.3g} pixels; sides above {MAX_SIDE} are not '
-                             f'supported')
-    return scale, parse_sizes(args.check_sizes)
+        check_outputs(sizes, [args.scale], MAX_CHECK_PIXELS if args.chunk != 0 else MAX_CHECK_QUERIES_AT_ONCE,
+                      '--scale', '' if args.chunk != 0 else ' with --chunk 0')
+    if args.form == 'arbitrary' and args.check_scales is not None:
+        check_outputs(sizes, parse_scales(args.check_scales), MAX_CHECK_QUERIES_AT_ONCE, '--check-scales',
+                      ' (the arbitrary form answers every query of a check at once)')
+    return scale, sizes
+
+
+def check_outputs(sizes, scales, limit, flag, why=''):
+    """Refuse scales whose check outputs (--check-sizes times each scale) exceed ``limit`` pixels."""
+    from engine import export
+    from utils.validate import InputError
+    for s in scales:
+        for h, w in sizes:     # the checks render these in PyTorch and ONNX Runtime on the CPU
+            H, W = export.output_size((h, w), s)
+            if H * W > limit:
+                raise InputError(f'{flag} {s}: the check of {h}x{w} would render {H}x{W}, more than the '
+                                 f'{limit:,} pixels a check allows{why} (a smaller {flag} or --check-sizes)')
+
+
+def torch_version():
+    import torch
+    return torch.__version__
 
 
 def export_graph(session, args, scale, path):
@@ -117,13 +155,16 @@ def export_graph(session, args, scale, path):
     graph = export.make_graph(model, args.form, scale, max_train_scale=session.max_train_scale)
     example = export.example_inputs(args.form, (24, 20), scale or 2.0, max_train_scale=session.max_train_scale,
                                     kind=kind)
-    proto = onnx.load_from_string(export.export_onnx(graph, args.form, args.opset, example))
+    chunk = export.DEFAULT_CHUNK if args.chunk is None else (args.chunk or None)
+    proto = onnx.load_from_string(export.export_onnx(graph, args.form, args.opset, example, chunk=chunk))
     onnx.checker.check_model(proto)
     meta = {'assr.model': model.capabilities.name or type(model).__name__, 'assr.form': args.form,
             'assr.input': 'image: float32 RGB (B, 3, h, w) in [0, 1]',
             'assr.max_train_scale': f'{session.max_train_scale:g}', 'assr.source': os.path.basename(path)}
     if scale is not None:
         meta['assr.scale'] = f'{graph.scale[0]:g},{graph.scale[1]:g}'
+        if kind == 'implicit' and chunk:
+            meta['assr.chunk'] = f'{chunk} queries per loop iteration'
     elif kind == 'grid':
         meta['assr.scale'] = 'input "scale": int64 scalar, an integer >= 1'
     else:
@@ -173,13 +214,18 @@ def main(argv=None):
     scales = None
     if args.form == 'arbitrary':
         scales = parse_scales(args.check_scales or ('2,3,4' if kind == 'grid' else '2,3.5,6'))
+        check_outputs(sizes, scales, MAX_CHECK_QUERIES_AT_ONCE, '--check-scales',
+                      ' (the arbitrary form answers every query of a check at once)')
         for s in scales if kind == 'grid' else ():     # refused before any export work
             export.example_inputs('arbitrary', (1, 1), s, kind='grid')
     t = time.perf_counter()
     data, graph, meta = export_graph(session, args, scale, path)
     torch.set_num_threads(min(torch.get_num_threads(), 4))
-    lines = check_lines(export.verify(session.model, data, args.form, graph.scale if scale is not None else None,
-                                      sizes, scales, args.tol, max_train_scale=session.max_train_scale), args.tol)
+    from tqdm import tqdm          # the parity checks, one size at a time (stderr; --quiet: none)
+    results = [r for size in tqdm(sizes, desc='ONNX Runtime checks', unit='size', leave=False, disable=args.quiet)
+               for r in export.verify(session.model, data, args.form, graph.scale if scale is not None else None,
+                                      [size], scales, args.tol, max_train_scale=session.max_train_scale)]
+    lines = check_lines(results, args.tol)
     from utils.io import atomic_write
     with atomic_write(args.output, 'wb') as f:
         f.write(data)
@@ -189,7 +235,7 @@ def main(argv=None):
         print(f'{path} ({meta["assr.model"]}) -> {args.output} (form {args.form}, {what}, opset {args.opset}, '
               f'{len(data) / 2**20:.1f} MiB, {time.perf_counter() - t:.1f}s)')
         print(f'verified with ONNX Runtime {onnxruntime.__version__} (CPU) against PyTorch {torch.__version__}, '
-              f'tolerance {args.tol:g} (traced at 24x20):')
+              f'tolerance {args.tol:.3g} = {args.tol * 255:.2g} of an 8-bit level (traced at 24x20):')
         print('\n'.join(lines))
     return 0
 

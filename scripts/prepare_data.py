@@ -11,7 +11,18 @@ Layout produced (what configs/ expect):
     load/benchmark/Set5/HR/baby.png                   load/benchmark/Set5/LR_bicubic/X2/babyx2.png
 
 Manga109 is not redistributed in the benchmark archive; request it from its authors and place it as
-load/benchmark/Manga109/{HR,LR_bicubic/X2..X4} (make the LR files with utils.imresize.matlab_downscale_uint8).
+load/benchmark/Manga109/HR, then make its LR files with --make-lr.
+
+Test sets that come as HR images only (the usual download) get their MATLAB-bicubic LR folders with
+
+    python -m scripts.prepare_data --make-lr load/benchmark/Manga109 --scales 2,3,4
+
+which writes ROOT/LR_bicubic/X{s}/<name>x{s}.png (the published layout, what configs/test/*.yaml read) from
+ROOT/HR/<name>.*: each HR image is cropped top-left to a multiple of s (the published "modcrop") and
+downscaled by MATLAB's imresize(..., 1/s, 'bicubic') on uint8 data, rounding after each 1-D pass
+(utils.imresize.matlab_downscale_uint8): bit-exactly the published LR_bicubic/X2..X4 files. X8 rounds once at
+the end, as the published X8 files were made. An existing X{s} folder is refused unless --overwrite; each
+folder is written under a temporary name and renamed when complete.
 
 Downloads go to <root>/_downloads/ as .part files that are renamed only when complete; archives are
 extracted safely (by our own writer: regular files and folders only, never outside the target) and a folder that already exists is left alone.
@@ -274,6 +285,119 @@ def _prepare(root, names, from_dir, urls, quiet, keep_archives, makedirs):
     return done
 
 
+#: Scales whose published LR files were rounded once at the end rather than after each pass (utils/imresize.py).
+ROUND_ONCE_SCALES = (8,)
+
+
+def parse_scales(text):
+    """``'2,3,4'`` -> [2, 3, 4]: positive integers, no repeats."""
+    try:
+        scales = [int(v) for v in str(text).split(',') if v.strip()]
+    except ValueError:
+        raise PrepareError(f'--scales {text!r}: expected integers such as 2,3,4') from None
+    if not scales or any(s < 2 or s > 64 for s in scales) or len(set(scales)) != len(scales):
+        raise PrepareError(f'--scales {text!r}: expected distinct integers from 2 to 64, such as 2,3,4')
+    return scales
+
+
+def lr_name(hr_file, scale):
+    """``baby.png`` -> ``babyx2.png`` (the published benchmark naming; always PNG)."""
+    return f'{os.path.splitext(os.path.basename(hr_file))[0]}x{scale}.png'
+
+
+def lr_plan(root, scales, overwrite=False):
+    """The checks of ``make_lr`` (nothing written): (HR folder, HR file names, LR_bicubic folder, {s: X{s} folder})."""
+    from utils.image import is_image_file
+    hr_dir = os.path.join(root, 'HR')
+    if not os.path.isdir(hr_dir):
+        raise PrepareError(f'--make-lr {root}: no HR folder ({hr_dir} not found)')
+    files = sorted(f for f in os.listdir(hr_dir) if is_image_file(f) and os.path.isfile(os.path.join(hr_dir, f)))
+    if not files:
+        raise PrepareError(f'--make-lr {root}: no image files in {hr_dir}')
+    stems = [os.path.splitext(f)[0] for f in files]
+    dup = next((s for s in stems if stems.count(s) > 1), None)
+    if dup is not None:
+        raise PrepareError(f'{hr_dir}: two images named {dup} (different extensions); their LR files would collide')
+    lr_root = os.path.join(root, 'LR_bicubic')
+    if os.path.exists(lr_root) and not os.path.isdir(lr_root):
+        raise PrepareError(f'{lr_root} is a file, not a folder')
+    targets = {s: os.path.join(lr_root, f'X{s}') for s in scales}
+    for s, folder in targets.items():
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise PrepareError(f'{folder} is a file, not a folder')
+        if os.path.exists(folder) and not overwrite:
+            raise PrepareError(f'{folder} already exists; pass --overwrite to replace it')
+    return hr_dir, files, lr_root, targets
+
+
+def make_lr(root, scales, overwrite=False, quiet=False):
+    """Write ``root/LR_bicubic/X{s}/<name>x{s}.png`` for every image of ``root/HR`` (see the module docstring).
+
+    Checks everything before writing (``lr_plan``; images: 8 bits without alpha, at least ``s`` pixels a side).
+    Each folder is written under a temporary name next to it and renamed when complete; on failure nothing new
+    is left. Returns the folders written.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from utils.image import load_array
+    from utils.imresize import imresize, matlab_downscale_uint8
+    hr_dir, files, lr_root, targets = lr_plan(root, scales, overwrite)
+    created_root = not os.path.isdir(lr_root)
+    stages = {s: os.path.join(lr_root, f'.X{s}.partial-{os.getpid()}') for s in scales}
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=len(files) * len(scales), unit='img', desc=f'LR of {os.path.basename(os.path.normpath(root))}')
+    try:
+        for folder in stages.values():
+            os.makedirs(folder)
+        for f in files:
+            path = os.path.join(hr_dir, f)
+            try:
+                hr, info = load_array(path)
+            except Exception as e:       # noqa: BLE001  (unreadable image: one line naming it)
+                raise PrepareError(f'{path}: cannot read the image ({" ".join(str(e).split())})') from None
+            if hr.dtype != np.uint8 or info.has_alpha:
+                raise PrepareError(f'{path}: expected an 8-bit gray or RGB image without alpha (the benchmark LR '
+                                   f'files are 8-bit), got {hr.dtype.name}{" with alpha" if info.has_alpha else ""}')
+            for s in scales:
+                if min(hr.shape[:2]) < s:
+                    raise PrepareError(f'{path}: {hr.shape[0]}x{hr.shape[1]} (HxW) is smaller than the scale {s}')
+                if s in ROUND_ONCE_SCALES:
+                    t = np.ascontiguousarray(hr[:hr.shape[0] // s * s, :hr.shape[1] // s * s])
+                    t = torch.from_numpy(t)
+                    t = t.permute(2, 0, 1) if t.dim() == 3 else t
+                    lr = imresize(t, scale=1 / s, round_each_pass=False)
+                    lr = (lr.permute(1, 2, 0) if lr.dim() == 3 else lr).contiguous().numpy()
+                else:
+                    lr = matlab_downscale_uint8(hr, s)
+                Image.fromarray(lr).save(os.path.join(stages[s], lr_name(f, s)), format='PNG')
+                if bar is not None:
+                    bar.update(1)
+        done = []
+        for s in scales:
+            old = None
+            if os.path.exists(targets[s]):
+                old = os.path.join(lr_root, f'.X{s}.old-{os.getpid()}')
+                os.replace(targets[s], old)
+            os.replace(stages[s], targets[s])
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+            done.append(targets[s])
+        return done
+    except BaseException:
+        for folder in stages.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        if created_root and os.path.isdir(lr_root) and not os.listdir(lr_root):
+            os.rmdir(lr_root)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', default='load', help='where the data goes (default: load)')
@@ -283,8 +407,25 @@ def main(argv=None):
     p.add_argument('--benchmark-url', default=BENCHMARK_URL,
                    help=f'base URL of benchmark.tar (default {BENCHMARK_URL})')
     p.add_argument('--delete-archives', action='store_true', help='remove downloaded archives after extraction')
-    p.add_argument('--quiet', action='store_true')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    p.add_argument('--make-lr', metavar='ROOT', nargs='+',
+                   help='instead of downloading: write ROOT/LR_bicubic/X{s} (MATLAB bicubic, the published benchmark '
+                        'LR files) from ROOT/HR for each --scales s')
+    p.add_argument('--scales', default='2,3,4', help='--make-lr: integer scales (default 2,3,4)')
+    p.add_argument('--overwrite', action='store_true', help='--make-lr: replace existing LR_bicubic/X{s} folders')
     args = p.parse_args(argv)
+    if args.make_lr:
+        try:
+            scales = parse_scales(args.scales)
+            for root in args.make_lr:                  # every root checked before anything is written
+                lr_plan(root, scales, args.overwrite)
+            done = [d for root in args.make_lr for d in make_lr(root, scales, args.overwrite, args.quiet)]
+        except (PrepareError, OSError) as e:
+            print(f'prepare_data.py: error: {" ".join(str(e).split())}', file=sys.stderr)
+            return 1
+        for d in done:
+            print('ready:', d)
+        return 0
     try:
         done = prepare(args.root, args.only, args.from_dir, {'div2k': args.div2k_url, 'benchmark': args.benchmark_url},
                        args.quiet, keep_archives=not args.delete_archives)

@@ -135,7 +135,7 @@ def run_test(tmp_path, capsys, *argv):
     import json
 
     import test as test_script
-    results = tmp_path / 'results'
+    results = tmp_path / f'results_{len(list(tmp_path.glob("results_*")))}'   # earlier results are never replaced
     code = test_script.main([*argv, '--results-dir', str(results), '--quiet'])
     out = capsys.readouterr()
     assert code == 0, out.err

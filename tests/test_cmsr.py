@@ -28,7 +28,8 @@ def grid(H, W, clip=1.0, batch=1):
 
 
 def cmsr_render(model, inp, size, tables, exact_grid=False, stats=None):
-    """The engine's CMSR strategy on a normalised input: (B, H*W, 3) normalised, like model(inp, coord, cell)."""
+    """The engine's CMSR strategy on a normalised input: (B, H*W, 3) normalised, like model(inp, coord, cell).
+    Levels on the published grid unless ``exact_grid`` (the golden cases come from the published code)."""
     plan = QueryPlan.build(model.capabilities, tuple(inp.shape[-2:]), size)
     with torch.no_grad():
         out, stats = CMSR(plan, tables, exact_grid)(model, inp, stats)
@@ -90,7 +91,7 @@ def test_golden_cmsr_under_window_padding():
     assert model.capabilities.window == g['window'] == 8
     for r in g['renders']:
         S = r['scale']
-        up = Upscaler(model, window=8, published_window=True, cmsr_tables=g['render_table'])
+        up = Upscaler(model, window=8, published_window=True, cmsr_tables=g['render_table'], cmsr_exact_grid=False)
         out = up(inp * 0.5 + 0.5, (S * h, S * w))
         assert out.shape == r['pred_scored'].shape
         assert (out - r['pred_scored']).abs().max() <= 1e-4, f'x{S}'
@@ -114,6 +115,74 @@ def test_trivial_tables_equal_plain_fast_path(name, table):
     inner = (slice(None), slice(4, -4), slice(4, -4))
     diff = (published - plain).view(1, 8 * h, 8 * w, 3).permute(0, 3, 1, 2)[(slice(None),) + inner]
     assert diff.abs().max() <= 1e-5
+
+
+# ------------------------------------------------------------------------------------- border artefacts
+def demo_border_case(crop=None):
+    """The bundled LM-LIIF, its table and assets/demo_lr.png in [0, 1] (``crop``: its bottom-right crop x crop)."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.inference import load_model
+    bundled = ROOT / 'save' / 'pretrained_models'
+    model = load_model(str(bundled / 'edsr-b_lm-liif.pth'))
+    tables = cmsr.load_tables(bundled / 'edsr-b_lm-liif_cmsr.yaml', model.capabilities)
+    img = np.asarray(Image.open(ROOT / 'assets' / 'demo_lr.png').convert('RGB')).copy()
+    x = torch.from_numpy(img).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    return model, tables, (x if crop is None else x[..., -crop:, -crop:])
+
+
+def border_and_interior(model, tables, x, S, exact_grid):
+    """Max |CMSR - plain| in 8-bit levels (rounded outputs) over the border strip (last 8 rows and columns)
+    and over the rest."""
+    h, w = x.shape[-2:]
+    plain = (Upscaler(model)(x, (h * S, w * S)) * 255).round()
+    out = (Upscaler(model, cmsr_tables=tables, cmsr_exact_grid=exact_grid)(x, (h * S, w * S)) * 255).round()
+    d = (out - plain).abs()
+    border = max(d[..., -8:, :].max().item(), d[..., :, -8:].max().item())
+    return border, d[..., :-8, :-8].max().item()
+
+
+@pytest.mark.parametrize('S', [8, 12])
+def test_cmsr_has_no_border_artefacts_by_default(S):
+    """Issue 23: CMSR's border strip differs from plain rendering no more than its interior does with the
+    default (exact) level grids; the published grid repeats the outermost LR centres and fails the same check.
+    A 48 x 48 bottom-right crop of assets/demo_lr.png keeps it fast (full image: the slow test below)."""
+    model, tables, x = demo_border_case(crop=48)
+    border, interior = border_and_interior(model, tables, x, S, exact_grid=True)
+    assert border <= interior, (border, interior)
+    border_pub, interior_pub = border_and_interior(model, tables, x, S, exact_grid=False)
+    assert border_pub > interior_pub + 10, (border_pub, interior_pub)   # measured 34 vs 17 (x8), 36 vs 2 (x12)
+    assert Upscaler(model, cmsr_tables=tables).options['cmsr_exact_grid'] is True          # the default
+
+
+def test_odd_levels_avoid_the_last_lr_centres(monkeypatch):
+    """An x3 level contains the LR pixel centres; at those of the last row / column the local ensemble collapses
+    (equal weights) and leaves a band along the bottom / right. Exact grids move those points 1e-5 inward:
+    measured 6 vs interior 17 levels, 28 with the points left on the centres (LAST_CENTRE_OFFSET = 0)."""
+    grid = cmsr.exact_level_grid((4, 5), (12, 15)).view(12, 15, 2)      # x3 of a 4x5 input
+    ref = make_coord((12, 15)).view(12, 15, 2)
+    moved_rows, moved_cols = grid[..., 0] != ref[..., 0], grid[..., 1] != ref[..., 1]
+    assert moved_rows.all(1).tolist() == [i == 10 for i in range(12)] and not moved_rows.any(1)[11]
+    assert moved_cols.all(0).tolist() == [j == 13 for j in range(15)]
+    assert torch.allclose(grid[10, :, 0], torch.full((15,), 0.75 - 1e-5))     # 1e-5 inside the last LR centre
+    model, _, x = demo_border_case(crop=48)
+    table = {8: {3: 0.33, 8: 1}}
+    border, interior = border_and_interior(model, table, x, 8, exact_grid=True)
+    assert border <= interior, (border, interior)
+    monkeypatch.setattr(cmsr, 'LAST_CENTRE_OFFSET', 0.0)
+    border0, interior0 = border_and_interior(model, table, x, 8, exact_grid=True)
+    assert border0 > interior0, (border0, interior0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('S', [8, 12])
+def test_cmsr_has_no_border_artefacts_on_the_whole_demo_image(S):
+    model, tables, x = demo_border_case()
+    border, interior = border_and_interior(model, tables, x, S, exact_grid=True)
+    assert border <= interior, (border, interior)       # measured 6 vs 22 (x8), 2 vs 7 (x12)
+    border_pub, interior_pub = border_and_interior(model, tables, x, S, exact_grid=False)
+    assert border_pub > interior_pub, (border_pub, interior_pub)   # measured 43 vs 22 (x8), 45 vs 10 (x12)
 
 
 def test_scale_within_training_range_ignores_cmsr():
@@ -264,3 +333,24 @@ def test_tables_record_and_check_the_model_kind(tmp_path):
 def test_cmsr_needs_a_modulated_model():
     with pytest.raises(ValueError, match='CMSR needs an LM model'):
         Upscaler(golden_model('liif_edsr'), cmsr_tables={8: {8: 1}})
+
+
+def test_cmsr_grid_flag_and_published_spelling(capsys):
+    """--cmsr T.yaml renders on exact grids; the published spelling --cmsr True --cmsr_path T.yaml (the LMF README
+    commands) on the published grid, with a note; --cmsr-grid chooses explicitly; without CMSR it is refused."""
+    import argparse
+
+    from engine import cli
+    p = argparse.ArgumentParser()
+    cli.add_session_args(p, window_default=0)
+    cli.add_cmsr_args(p)
+    opts = lambda *a: cli.session_options(p.parse_args(list(a)), 'test.py')   # noqa: E731
+    assert opts('--cmsr', 'T.yaml')['cmsr_exact_grid'] is True
+    assert 'cmsr_exact_grid' not in opts()
+    assert capsys.readouterr().err == ''
+    assert opts('--cmsr', 'True', '--cmsr_path', 'T.yaml')['cmsr_exact_grid'] is False
+    assert 'test.py: note: published spelling --cmsr True' in capsys.readouterr().err
+    assert opts('--cmsr', 'True', '--cmsr_path', 'T.yaml', '--cmsr-grid', 'exact')['cmsr_exact_grid'] is True
+    assert opts('--cmsr', 'T.yaml', '--cmsr_grid', 'published')['cmsr_exact_grid'] is False
+    with pytest.raises(cli.CLIError, match='--cmsr-grid published needs --cmsr'):
+        opts('--cmsr-grid', 'published')

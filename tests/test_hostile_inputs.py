@@ -157,7 +157,7 @@ def run_demo(world, capsys, extra, *words, out=None, watch_more=()):
     (['--scale', 'abc'], ['--scale']),
     (['--size', '10x20'], ['--size', 'not larger']),
     (['--size', '0x40'], ['--size']),
-    (['--size', '40'], ['--size', 'HEIGHTxWIDTH']),
+    (['--size', '40'], ['--size', 'WIDTHxHEIGHT']),
 ])
 def test_demo_refuses_bad_numbers(world, capsys, extra, words):
     run_demo(world, capsys, extra, *words)

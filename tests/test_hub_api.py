@@ -37,8 +37,8 @@ def test_hub_loads_the_bundled_lm_liif():
     model = torch.hub.load(str(ROOT), 'lm_liif', pretrained=True, source='local')
     ref = models.load_model(BUNDLED / 'edsr-b_lm-liif.pth') if (BUNDLED / 'edsr-b_lm-liif.pth').exists() \
         else models.load_model(BUNDLED / 'edsr-b_lm-liif.safetensors')
-    assert type(model) is type(ref) and not model.training
-    sd, rsd = model.state_dict(), ref.state_dict()
+    assert type(model).__name__ == 'ImageUpscaler' and type(model.sr_model) is type(ref) and not model.training
+    sd, rsd = model.sr_model.state_dict(), ref.state_dict()
     assert sd.keys() == rsd.keys() and all(torch.equal(sd[k], rsd[k]) for k in sd)
     import hubconf
     for entry in ('lm_liif', 'lm_lte', 'liif', 'lte', 'metasr', 'igconv', 'igconv_plus', 'from_checkpoint', 'upscale'):
@@ -65,10 +65,10 @@ def test_api_kinds_match_demo(small_png, tmp_path):
     out = api.upscale(arr, size=(41, 57), device='cpu')
     assert out.dtype == np.uint8 and np.array_equal(out, ref)
     f = api.upscale(arr.astype(np.float32) / 255, size=(41, 57), device='cpu')
-    assert f.dtype == np.float32 and f.shape == (41, 57, 3)
+    assert f.dtype == np.float32 and f.shape == (57, 41, 3)          # size is (width, height)
     assert np.abs(f * 255 - ref).max() <= 0.5 + 1e-3          # unquantised, rounds to the demo image
     t = api.upscale(torch.from_numpy(arr).permute(2, 0, 1).float() / 255, size=(41, 57), device='cpu')
-    assert t.shape == (3, 41, 57) and torch.allclose(t, torch.from_numpy(f).permute(2, 0, 1), atol=1e-6)
+    assert t.shape == (3, 57, 41) and torch.allclose(t, torch.from_numpy(f).permute(2, 0, 1), atol=1e-6)
     # default output name beside the input
     copy = tmp_path / 'in.png'
     copy.write_bytes(small_png.read_bytes())

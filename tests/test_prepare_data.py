@@ -170,3 +170,105 @@ def test_zip_symlink_member_is_refused(tmp_path):
     with pytest.raises(prepare_data.PrepareError, match='link'):
         prepare_data.extract(str(bad), str(dest))
     assert list(dest.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# --make-lr: MATLAB-bicubic LR folders from HR-only test sets
+# ------------------------------------------------------------------------------------------------
+def _shipped(name):
+    from pathlib import Path
+
+    from .conftest import DATA
+    root = Path(DATA) / 'benchmark' / name
+    if not (root / 'HR').is_dir():
+        pytest.skip(f'{name} HR images not found at {root / "HR"} (set ASSR_SHARED)')
+    return root
+
+
+def _hr_copy(src, dst):
+    (dst / 'HR').mkdir(parents=True)
+    for f in sorted((src / 'HR').iterdir()):
+        (dst / 'HR' / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize('name', ['Set5', 'Set14'])
+def test_make_lr_reproduces_the_published_lr_files(tmp_path, capsys, name):
+    """Regenerated LR_bicubic/X{2,3,4,8} equal the shipped files pixel for pixel (skipped for a set shipped
+    without LR files, e.g. Set14 in ../shared)."""
+    from utils.image import load_array
+    src = _shipped(name)
+    if not (src / 'LR_bicubic').is_dir():
+        pytest.skip(f'{name}: no published LR files at {src / "LR_bicubic"} to compare with')
+    root = _hr_copy(src, tmp_path / name)
+    scales = [2, 3, 4, 8]
+    assert prepare_data.main(['--make-lr', str(root), '--scales', ','.join(map(str, scales)), '--quiet']) == 0, \
+        capsys.readouterr().err
+    compared = 0
+    for s in scales:
+        made = sorted(p.name for p in (root / 'LR_bicubic' / f'X{s}').iterdir())
+        assert made == sorted(f'{p.stem}x{s}.png' for p in (root / 'HR').iterdir())
+        shipped = src / 'LR_bicubic' / f'X{s}'
+        for f in made:
+            if (shipped / f).is_file():
+                ours, theirs = load_array(root / 'LR_bicubic' / f'X{s}' / f)[0], load_array(shipped / f)[0]
+                assert ours.shape == theirs.shape and np.array_equal(ours, theirs), f'{name} {f}'
+                compared += 1
+    assert compared >= 5 * len(scales) or name != 'Set5'
+    assert not list(root.glob('LR_bicubic/.*'))          # no temporary folders left
+
+
+def test_make_lr_crops_sizes_not_divisible_by_the_scale(tmp_path, capsys):
+    """HR 25x23: cropped top-left to a multiple of s (the published modcrop), then MATLAB bicubic 1/s;
+    checked against imresize on the explicitly cropped HR. Gray images stay gray; the output is what the
+    test configs' paired folders read."""
+    import torch
+
+    import datasets
+    from utils.image import load_array
+    from utils.imresize import imresize
+    rng = np.random.default_rng(0)
+    (tmp_path / 'S' / 'HR').mkdir(parents=True)
+    colour = rng.integers(0, 256, (25, 23, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / 'S' / 'HR' / 'c.png')
+    Image.fromarray(colour[..., 0]).save(tmp_path / 'S' / 'HR' / 'g.bmp')
+    assert prepare_data.main(['--make-lr', str(tmp_path / 'S'), '--scales', '2,3,4', '--quiet']) == 0, \
+        capsys.readouterr().err
+    for s in (2, 3, 4):
+        h, w = 25 // s, 23 // s
+        crop = torch.from_numpy(colour[:h * s, :w * s].copy()).permute(2, 0, 1)
+        expected = imresize(crop, scale=1 / s).permute(1, 2, 0).numpy()
+        got = load_array(tmp_path / 'S' / 'LR_bicubic' / f'X{s}' / f'cx{s}.png')[0]
+        assert got.shape == (h, w, 3) and np.array_equal(got, expected)
+        gray = load_array(tmp_path / 'S' / 'LR_bicubic' / f'X{s}' / f'gx{s}.png')[0]
+        assert gray.shape == (h, w)
+        ds = datasets.make({'name': 'paired-image-folders',
+                            'args': {'root_path_1': str(tmp_path / 'S' / 'LR_bicubic' / f'X{s}'),
+                                     'root_path_2': str(tmp_path / 'S' / 'HR')}})
+        assert len(ds) == 2
+
+
+def test_make_lr_refuses_existing_folders_and_leaves_nothing_on_failure(tmp_path, capsys):
+    root = tmp_path / 'S'
+    (root / 'HR').mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'HR' / 'a.png')
+    assert prepare_data.main(['--make-lr', str(root), '--scales', '2', '--quiet']) == 0
+    before = (root / 'LR_bicubic' / 'X2' / 'ax2.png').read_bytes()
+    assert prepare_data.main(['--make-lr', str(root), '--scales', '2,3', '--quiet']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('prepare_data.py: error: ') and 'X2 already exists' in err and '--overwrite' in err
+    assert sorted(p.name for p in (root / 'LR_bicubic').iterdir()) == ['X2']        # X3 not written either
+    # a corrupt HR image: one line naming it, no LR_bicubic/X3 or temporary folder left, X2 intact
+    (root / 'HR' / 'b.png').write_bytes(b'\x89PNG\r\n\x1a\nbroken')
+    assert prepare_data.main(['--make-lr', str(root), '--scales', '2,3', '--quiet', '--overwrite']) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'b.png' in err
+    assert sorted(p.name for p in (root / 'LR_bicubic').iterdir()) == ['X2']
+    assert (root / 'LR_bicubic' / 'X2' / 'ax2.png').read_bytes() == before
+    (root / 'HR' / 'b.png').unlink()
+    assert prepare_data.main(['--make-lr', str(root), '--scales', '2,3', '--quiet', '--overwrite']) == 0
+    for bad, words in [(['--scales', '1'], '--scales'), (['--scales', 'x'], '--scales')]:
+        assert prepare_data.main(['--make-lr', str(root), *bad, '--overwrite', '--quiet']) == 1
+        assert words in capsys.readouterr().err
+    assert prepare_data.main(['--make-lr', str(tmp_path / 'nothing'), '--quiet']) == 1
+    assert 'no HR folder' in capsys.readouterr().err

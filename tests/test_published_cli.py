@@ -136,7 +136,9 @@ def test_readme_test_command_verbatim(workspace, tmp_path, capsys):
     proc = run_verbatim(workspace, COMMANDS[1])
     if not torch.cuda.is_available():
         assert 'running on the CPU' in proc.stderr
-    summary = summary_of(workspace / 'outputs' / 'test' / 'edsr-b_lm-liif' / 'test-set5')
+    # default results folder: protocol / config folder + name / checkpoint folder + name (test.py)
+    summary = summary_of(workspace / 'outputs' / 'test' / 'test-lmf' / 'test-lmf_test-set5' /
+                         'pretrained_models_edsr-b_lm-liif')
     assert summary['images'] == 1 and summary['eval_type'] == 'benchmark-4' and summary['cell_clip'] == 4
     ours, _, _ = run_test_inprocess(tmp_path, capsys, '--config', str(ROOT / 'configs/test-lmf/set5-x4.yaml'),
                                     '--model', str(BUNDLED / 'edsr-b_lm-liif.pth'), '--opt',
@@ -521,7 +523,7 @@ def test_bare_model_names_resolve_in_save_pretrained_models(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert resolve_model_path('m.pth') == os.path.join('save', 'pretrained_models', 'm.pth')
     assert resolve_model_path('here.pth') == 'here.pth'
-    with pytest.raises(ValueError, match='looked in the working directory and in save/pretrained_models/'):
+    with pytest.raises(ValueError, match='looked in the working directory, save/pretrained_models/'):
         resolve_model_path('absent.pth')
     with pytest.raises(ValueError, match='not found: sub/m.pth'):
         resolve_model_path('sub/m.pth')

@@ -57,19 +57,19 @@ def test_golden_checkpoints_run_end_to_end(tmp_path, capsys, name):
     rows = list(csv.DictReader(open(results / 'per_image.csv')))
     names = ['baby', 'bird', 'butterfly', 'head', 'woman']
     assert [r['name'] for r in rows] == names
-    assert sorted(p.name for p in save_dir.iterdir()) == [f'benchmark-4_{i:03d}.png' for i in range(1, 6)]
+    assert sorted(p.name for p in save_dir.iterdir()) == [f'{n}.png' for n in names]     # named after the HR files
     base = DATA / 'benchmark' / 'Set5'
     upscale = Upscaler(load_model(str(ckpt)))
     for i, (row, stem) in enumerate(zip(rows, names), 1):
         lr = read_rgb(base / 'LR_bicubic' / 'X4' / f'{stem}x4.png')
         h, w = lr.shape[-2:]
         hr = read_rgb(base / 'HR' / f'{stem}.png')[..., :4 * h, :4 * w]
-        assert (row['lr_size'], row['hr_size']) == (f'{h}x{w}', f'{4 * h}x{4 * w}')
+        assert (row['lr_size'], row['hr_size']) == (f'{w}x{h}', f'{4 * w}x{4 * h}')      # WIDTHxHEIGHT
         with torch.no_grad():
             sr = upscale(lr, (4 * h, 4 * w))
         assert abs(float(row['psnr']) - float(metrics.psnr(sr, hr, dataset='benchmark', scale=4)[0])) <= 1e-3, row
         assert abs(float(row['ssim']) - float(metrics.ssim(sr, hr, crop_border=4)[0])) <= 1e-6, row
-        saved = np.asarray(Image.open(save_dir / f'benchmark-4_{i:03d}.png'))
+        saved = np.asarray(Image.open(save_dir / f'{stem}.png'))
         expected = np.round(np.clip(sr[0].permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
         assert saved.shape == (4 * h, 4 * w, 3) and np.array_equal(saved, expected), stem
     assert abs(summary['psnr'] - np.mean([float(r['psnr']) for r in rows])) < 1e-9
@@ -134,7 +134,7 @@ def run_demo(*argv):
 
 
 @pytest.mark.parametrize('target,size', [(['--scale', '2.5'], (50, 40)), (['--scale', '3,2'], (40, 48)),
-                                         (['--size', '37x51'], (51, 37)), (['--scale', '1.1'], (22, 17))])
+                                         (['--size', '37x51'], (37, 51)), (['--scale', '1.1'], (22, 17))])
 def test_demo_output_sizes(tmp_path, demo_model, target, size):
     src = rgb_image(tmp_path / 'in.png')
     out = tmp_path / 'out.png'
@@ -344,7 +344,11 @@ def test_cmsr_eval_table(tmp_path, capsys):
     table_path = tmp_path / 't.yaml'
     cmsr.save_tables(table_path, {8: {8: 1}})     # everything at the target: PSNR unchanged, share 1
     assert cmsr_eval.main(['--model', str(ckpt), '--cmsr', str(table_path), '--root', str(tmp_path / 'data'),
-                           '--sets', 'Tiny', '--scales', '8', '--repeats', '1']) == 0
-    row = capsys.readouterr().out.strip().splitlines()[-1].split('|')[1:-1]
-    assert [c.strip() for c in row[:2]] == ['Tiny', 'x8']
-    assert row[2] == row[3] and float(row[4]) == 1.0 and float(row[5]) == 1.0
+                           '--sets', 'Tiny', '--scales', '8', '--repeats', '1', '--no-progress']) == 0
+    rows = [r.split('|')[1:-1] for r in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [[c.strip() for c in row[:3]] for row in rows] == [['Tiny', 'x8', 'exact'], ['Tiny', 'x8', 'published']]
+    exact, published = rows
+    assert exact[3] == exact[4] and float(exact[5]) == 1.0 and float(exact[6]) == 1.0
+    assert exact[9].strip() == '0 / 0'            # exact grids at the target scale: the plain rendering itself
+    border, interior = (float(v) for v in published[9].split('/'))
+    assert border > interior                      # the published grid's flat border blocks

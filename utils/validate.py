@@ -4,7 +4,8 @@ Every check runs before any compute or write and raises ``InputError`` (a ValueE
 one line naming the input (``--output out.png: ...``). Scripts print it as ``<script>: error: <message>``
 and exit 1. Nothing here imports torch, so the checks are cheap and usable before heavy imports.
 
-Conventions: sizes are (rows, cols) = (height, width) in pixels; scales are (row factor, col factor).
+Conventions: in code, sizes are (rows, cols) = (height, width) in pixels and scales (row factor, col factor);
+written for users (flags, prints, file names), sizes are WIDTHxHEIGHT (``size_text``, ``show_size``).
 """
 import inspect
 import math
@@ -158,19 +159,48 @@ def scales_list(text, name='--scales', integers=True, minimum=1):
     return sorted(set(out))
 
 
-def size_text(text, name='--size', order='HxW'):
-    """``'1080x1920'`` -> (rows, cols) for order 'HxW' (or from 'WxH'); positive integers only."""
+def size_text(text, name='--size', order='WxH'):
+    """A size written ``WIDTHxHEIGHT`` (``'1920x1080'``: the one convention of flags, prints, file names and the
+    README) -> ``(rows, cols)`` = (1080, 1920); positive integers only. ``order='HxW'`` reads the rows first
+    (kept for older flags that document it)."""
     parts = str(text).lower().replace(' ', '').split('x')
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         example = '1080x1920' if order == 'HxW' else '1920x1080'
         label = 'HEIGHTxWIDTH' if order == 'HxW' else 'WIDTHxHEIGHT'
-        raise InputError(f'{name} {text!r} must be {label} in pixels, e.g. {example}')
+        raise InputError(f'{name} {excerpt(text, 40)} must be {label} in pixels, e.g. {example}')
     a, b = int(parts[0]), int(parts[1])
     if a < 1 or b < 1:
         raise InputError(f'{name} {text!r} must be positive')
     if max(a, b) > MAX_SIDE:
         raise InputError(f'{name} {text!r}: a side above {MAX_SIDE} pixels is not supported')
     return (a, b) if order == 'HxW' else (b, a)
+
+
+def show_size(size):
+    """(rows, cols) -> ``'COLSxROWS'`` (WIDTHxHEIGHT, as every print and file name writes sizes)."""
+    return f'{size[1]}x{size[0]}'
+
+
+def fit_size(in_size, box, keep_aspect=False, name='--size'):
+    """The output (H, W) for a requested ``box`` (H, W) and an input (h, w), and a one-line note or None.
+
+    ``keep_aspect``: the largest size with the input's aspect ratio inside the box (one side equals the box,
+    the other is rounded). Otherwise the box itself; when that changes the aspect ratio by more than a pixel
+    the note says so (and names ``--keep-aspect``).
+    """
+    h, w = in_size
+    BH, BW = box
+    if BH * w <= BW * h:           # the height binds
+        fit = (BH, min(BW, max(1, int(math.floor(w * BH / h + 0.5)))))
+    else:
+        fit = (min(BH, max(1, int(math.floor(h * BW / w + 0.5)))), BW)
+    if keep_aspect:
+        return fit, None
+    if abs(fit[0] - BH) <= 1 and abs(fit[1] - BW) <= 1:
+        return (BH, BW), None
+    return (BH, BW), (f'{name} {show_size(box)} changes the aspect ratio of the {show_size(in_size)} input '
+                      f'({w / h:.3g}:1 -> {BW / BH:.3g}:1); --keep-aspect fits it inside instead '
+                      f'({show_size(fit)})')
 
 
 def output_size(in_size, scale=None, size=None, scale_text=None):
@@ -182,20 +212,20 @@ def output_size(in_size, scale=None, size=None, scale_text=None):
     h, w = in_size
     if size is not None:
         H, W = size
-        label = f'--size {H}x{W}'
+        label = f'--size {W}x{H}'
     else:
         sy, sx = scale
         label = f'--scale {scale_text if scale_text is not None else f"{sy:g},{sx:g}"}'
         if sy < 1 or sx < 1:
             raise InputError(f'{label}: this upscales; factors must be >= 1')
         if sy == 1 and sx == 1:
-            raise InputError(f'{label}: a factor of 1 leaves the {h}x{w} input unchanged; give a factor > 1')
+            raise InputError(f'{label}: a factor of 1 leaves the {w}x{h} input unchanged; give a factor > 1')
         if max(h * sy, w * sx) > MAX_SIDE:
-            raise InputError(f'{label}: the output would be {h * sy:.4g}x{w * sx:.4g} pixels; a side above '
+            raise InputError(f'{label}: the output would be {w * sx:.4g}x{h * sy:.4g} pixels; a side above '
                              f'{MAX_SIDE} is not supported')
         H, W = int(math.floor(h * sy + 1e-9)), int(math.floor(w * sx + 1e-9))
     if H < h or W < w or (H, W) == (h, w):
-        raise InputError(f'{label} is not larger than the input {h}x{w} (HxW)')
+        raise InputError(f'{label} is not larger than the input {w}x{h}')
     return H, W
 
 
@@ -299,23 +329,14 @@ def output_file(path, name, inputs=(), create_parent=False, extensions=None):
     return path
 
 
-def output_folder(path, name, inputs=(), data=()):
-    """A folder we will create (with parents) or write into: no file in the way, writable, not one of the
-    ``inputs`` and not inside (or equal to) a folder of ``data`` (images read by the same command: written
-    images would join the data set)."""
+def output_folder(path, name, inputs=()):
+    """A folder we will create (with parents) or write into: no file in the way, writable."""
     if path is None or str(path) == '':
         raise InputError(f'{name}: no path given')
     path = os.fspath(path)
     for other in inputs:
         if other is not None and str(other) != '' and _same_file(path, os.fspath(other)):
             raise InputError(f'{name} {path}: is also an input ({other}); give another folder')
-    real = os.path.realpath(path)
-    for folder in data:
-        if isinstance(folder, (str, os.PathLike)) and str(folder) != '':
-            top = os.path.realpath(os.fspath(folder))
-            if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
-                raise InputError(f'{name} {path}: is inside the data folder {folder}; the written images would '
-                                 f'join the data set; give a folder outside it')
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise InputError(f'{name} {path}: is a file, not a folder')

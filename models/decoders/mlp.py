@@ -110,12 +110,18 @@ class LMMLP(nn.Module):
         shape = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         mod = mod.reshape(-1, mod.shape[-1])
-        for k in range(self.hidden_depth):
+        # one split into hd-wide views (the layout above): its backward is a single concatenation, where
+        # one slice per layer and kind would build a full-size zero gradient each (same values either way)
+        parts = mod.split(self.hidden_dim, dim=1)
+        D = self.hidden_depth
+        scales = parts[:D] if self.mod_scale else None
+        shifts = parts[D * int(self.mod_scale):D * int(self.mod_scale) + D] if self.mod_shift else None
+        for k in range(D):
             x = self.hidden(k)(x)
             if self.mod_scale:
-                x = x * (1 + mod[:, self.scale_slice(k)])
+                x = x * (1 + scales[k])
             if self.mod_shift:
-                x = x + mod[:, self.shift_slice(k)]
+                x = x + shifts[k]
             x = torch.relu(x)
         return self.layers[-1](x).view(*shape, -1)
 

@@ -13,7 +13,9 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x):
-        return self.body(x).mul(self.res_scale) + x
+        res = self.body(x)
+        # res_scale 1 (EDSR-baseline): multiplying by 1 changes no value, forward or backward; skip the pass
+        return (res if self.res_scale == 1 else res.mul(self.res_scale)) + x
 
 
 class EDSR(nn.Module):

@@ -67,8 +67,8 @@ def check_grid_size(size, lr_size):
     (H, W), (h, w) = size, lr_size
     r = check_integer_scale(H / h, W / w)
     if H != r * h or W != r * w:
-        raise IntegerScaleError(f'IGConv produces integer multiples of the input size; {H}x{W} is not '
-                                f'{r} x {h}x{w}')
+        raise IntegerScaleError(f'IGConv produces integer multiples of the input size; {W}x{H} is not '
+                                f'{r} x {w}x{h}')
     return r
 
 

@@ -182,7 +182,7 @@ class PublishedIGConvSR(nn.Module):
         r = check_integer_scale(H / h, W / w)
         if (H, W) != (r * h, r * w):
             raise ValueError(f'{type(self).__name__} renders integer multiples of the input size; '
-                             f'size {H}x{W} is not {r} x {h}x{w}')
+                             f'size {W}x{H} is not {r} x {w}x{h}')
         return self(inp, r)
 
     @torch.no_grad()

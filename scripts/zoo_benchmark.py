@@ -1,0 +1,135 @@
+"""Cost of every published IGConv architecture (the model zoo): parameters, MACs, seconds and peak memory.
+
+    python -m scripts.zoo_benchmark                                  # all architectures, x4, 320x180 input
+    python -m scripts.zoo_benchmark --archs EDSRIGPlus,SMFANetIGPlus --input 160x90 --scale 2 --threads 2
+    python -m scripts.zoo_benchmark --no-time                        # parameters and MACs only (seconds)
+
+Each row builds the architecture with the ``network_g`` arguments of its published option file (random
+weights: they do not change the cost) and runs its published test-time forward (``model(x, scale)``: plain,
+window padding or 200-pixel tiles) on a random WIDTHxHEIGHT input. MACs are counted on the meta device
+(``FlopCounterMode``: matrix products, convolutions and attention products; MambaIR's selective-scan
+recurrence is element-wise and not counted). Seconds: median of ``--repeats`` runs after ``--warmup``;
+peak memory: the resident-set growth of one run (engine/profiling.py). Writes zoo_benchmark.md and .csv
+to --out.
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+
+if not __package__:
+    sys.exit('zoo_benchmark.py: error: run it from the repository root as a module: python -m scripts.zoo_benchmark')
+
+import torch  # noqa: E402
+
+import models  # noqa: E402
+from engine.cli import choose_device  # noqa: E402
+from engine.errors import run  # noqa: E402
+from engine.profiling import count_macs, peak_memory, time_fn  # noqa: E402
+from models.zoo import PUBLISHED_OPTIONS  # noqa: E402
+from models.zoo.mambair import PUBLISHED_OPTION_FILES as MAMBAIR_FILES  # noqa: E402
+from utils import validate  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
+
+#: Row name -> (registered architecture, network_g arguments of the published option file).
+ROWS = {name: (name, opts) for name, opts in PUBLISHED_OPTIONS.items()}
+ROWS['MambaIR-Light'] = ('MambaIR', MAMBAIR_FILES['MambaIR_Light_IGConvPlus_DIV2K'])
+#: Largest input (pixels) accepted, so that a typo cannot start an hour-long run.
+MAX_PIXELS = 1920 * 1080
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('--archs', default=','.join(ROWS), help=f'comma list of rows (default: all: {", ".join(ROWS)})')
+    p.add_argument('--input', default='320x180', help='input size WIDTHxHEIGHT (default 320x180)')
+    p.add_argument('--scale', type=int, default=4, help='integer scale (default 4)')
+    p.add_argument('--repeats', type=int, default=1, help='timed runs per row (default 1)')
+    p.add_argument('--warmup', type=int, default=0, help='untimed runs before timing (default 0)')
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice)')
+    p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or mps (default cpu)')
+    p.add_argument('--no-time', action='store_true', help='count parameters and MACs only')
+    p.add_argument('--out', default='outputs/zoo_benchmark', help='folder for zoo_benchmark.md / .csv')
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    archs = [a.strip() for a in args.archs.split(',') if a.strip()]
+    unknown = [a for a in archs if a not in ROWS]
+    if unknown or not archs:
+        raise validate.InputError(f'--archs: unknown row {unknown[0] if unknown else "(empty)"!r}; '
+                                 f'choose from {", ".join(ROWS)}')
+    h, w = validate.size_text(args.input, '--input', order='WxH')
+    if w * h > MAX_PIXELS:
+        raise validate.InputError(f'--input {w}x{h}: more than {MAX_PIXELS} pixels; this benchmark is for '
+                                 f'representative sizes')
+    if not 2 <= args.scale <= 8:
+        raise validate.InputError(f'--scale {args.scale}: the published models train x2 to x4 (x8 for S8); use 2-8')
+    for flag in ('repeats', 'warmup'):
+        if not 0 <= getattr(args, flag) <= 100 or (flag == 'repeats' and args.repeats < 1):
+            raise validate.InputError(f'--{flag} {getattr(args, flag)}: use 1-100 (warmup 0-100)')
+    if args.threads is not None and args.threads < 1:
+        raise validate.InputError(f'--threads {args.threads}: must be at least 1')
+    return archs, (h, w)
+
+
+def measure(row, size, args):
+    arch, opts = ROWS[row]
+    spec = {'name': arch, 'args': dict(opts)}
+    h, w = size
+    with torch.device('meta'):
+        meta_model = models.make(spec).eval().requires_grad_(False)
+    macs = count_macs(lambda: meta_model(torch.zeros(1, 3, h, w, device='meta'), args.scale))
+    result = {'row': row, 'arch': arch, 'params': sum(p.numel() for p in meta_model.parameters()),
+              'gmacs': macs / 1e9, 'seconds': None, 'peak_mb': None, 'forward': meta_model.TEST_FORWARD}
+    del meta_model
+    if args.no_time:
+        return result
+    model = models.make(spec).eval().requires_grad_(False).to(args.device)
+    x = torch.rand(1, 3, h, w, device=args.device)
+    with torch.no_grad():
+        peak = peak_memory(lambda: model(x, args.scale), args.device)
+    result['peak_mb'] = None if peak is None else peak / 2 ** 20
+    result['seconds'] = time_fn(lambda: model(x, args.scale), args.device, repeats=args.repeats,
+                                warmup=args.warmup)
+    return result
+
+
+def fmt(v, spec):
+    return '-' if v is None else format(v, spec)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    archs, size = check_args(args)
+    args.device = str(choose_device(args.device, script='zoo_benchmark.py'))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h, w = size
+    header = (f'IGConv zoo, x{args.scale} on a {w}x{h} input, {args.device}, {torch.get_num_threads()} thread(s), '
+              f'torch {torch.__version__}, {time.strftime("%Y-%m-%d")}, load average at start {os.getloadavg()[0]:.1f} '
+              f'on {os.cpu_count()} cores')
+    print(header, flush=True)
+    lines = ['| model | test forward | params (M) | GMACs | seconds | peak memory (MB) |',
+             '| --- | --- | --- | --- | --- | --- |']
+    rows = []
+    for row in archs:
+        r = measure(row, size, args)
+        rows.append(r)
+        line = (f'| {row} | {r["forward"]} | {r["params"] / 1e6:.2f} | {r["gmacs"]:.0f} | '
+                f'{fmt(r["seconds"], ".1f")} | {fmt(r["peak_mb"], ".0f")} |')
+        lines.append(line)
+        print(line, flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with atomic_write(os.path.join(args.out, 'zoo_benchmark.md'), mode='w') as f:
+        f.write('\n'.join([header, ''] + lines) + '\n')
+    with atomic_write(os.path.join(args.out, 'zoo_benchmark.csv'), mode='w') as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    print(f'wrote {args.out}/zoo_benchmark.md and .csv')
+
+
+if __name__ == '__main__':
+    sys.exit(run(main, script='zoo_benchmark.py'))
