@@ -131,7 +131,8 @@ def apply_overrides(cfg, overrides):
             if not add:
                 where = f"in '{'.'.join(parts[:-1])}'" if len(parts) > 1 else 'at the top level of the config'
                 raise ConfigError(f"override {excerpt(item, 80)}: no entry {last!r} {where}{_closest(last, node)}; "
-                                  f"write +{key}={excerpt(value, 60)} to add a new entry")
+                                  f"write +{key}={value if len(value) <= 60 else value[:57] + '...'} to add "
+                                  f"a new entry")
         else:
             _check_type(item, key, node[last], new)
         node[last] = new
