@@ -129,8 +129,8 @@ def upscale(session, img, size, args, show_progress=True):
         if bar:
             bar.close()
     if not bool(torch.isfinite(out).all()):
-        raise ValueError(f'{args.model}: the model predicted non-finite values (NaN/inf) for {args.input}; its '
-                         f'weights are broken (a diverged run?); nothing written')
+        from engine.inference import non_finite_error
+        raise non_finite_error(session.model, args.model, args.input, f'{W / img.shape[-1]:.4g}')
     return out, time.perf_counter() - t
 
 

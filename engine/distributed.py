@@ -6,7 +6,15 @@ process the group is initialised with NCCL on CUDA and gloo on CPU. ``agree`` ma
 stop every rank (the others would otherwise wait forever at the next collective). Evaluation
 (``test.py``, ``init_cmsr.py``) shards images with ``Shard`` (every ``world``-th item) and gathers per-image
 results on every rank with ``gather``.
+
+Teardown: a process that exits with its gloo group still alive can abort at interpreter exit ("terminate
+called without an active exception", SIGABRT: gloo's worker threads are still joinable when the C++ objects
+are destroyed). Every group is therefore started by ``start_group``, which registers ``close_group`` with
+``atexit``, and ``engine.errors.run`` closes it as soon as the script's ``main`` returns or raises.
+Collectives (``agree``, ``gather``) that fail because a peer has left raise ``PeerFailed`` (one line) instead
+of the backend's multi-line error.
 """
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -16,6 +24,54 @@ import torch.distributed as dist
 
 class PeerFailed(RuntimeError):
     """Another process of the group failed (it prints its own error)."""
+
+
+PEER_MESSAGE = 'another process of the torchrun group failed (see its error)'
+_closer_registered = False
+
+
+def start_group(backend):
+    """Initialise the default process group (torchrun's environment) once; ``close_group`` runs at exit."""
+    global _closer_registered
+    if dist.is_initialized():
+        return
+    dist.init_process_group(backend)
+    if not _closer_registered:
+        atexit.register(close_group)
+        _closer_registered = True
+
+
+def close_group():
+    """Destroy the default process group if there is one (idempotent; a no-op without torchrun). Joins the
+    backend's threads while the interpreter is fully alive; nothing further is sent to the other processes."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:       # noqa: BLE001  (a peer already gone: nothing left to release cleanly)
+            pass
+
+
+def peer_left(error):
+    """The one-line message for an exception raised by a collective because another process of the group
+    left or failed (``torch.distributed.DistError``, or the backend's RuntimeError naming its transport), or
+    None for any other exception."""
+    if isinstance(error, PeerFailed):
+        return str(error)
+    if not isinstance(error, RuntimeError) or distributed_env()[1] <= 1:
+        return None
+    text = str(error)
+    if (isinstance(error, getattr(dist, 'DistError', ())) or '/gloo/' in text or 'NCCL' in text
+            or 'Connection closed by peer' in text or 'Connection reset by peer' in text):
+        return PEER_MESSAGE
+    return None
+
+
+def _collective(fn, *args):
+    """Run a collective; a peer that has left (connection closed, timeout) becomes ``PeerFailed``."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:        # torch.distributed.DistError and the backends' errors derive from it
+        raise PeerFailed(PEER_MESSAGE) from e
 
 
 @dataclass
@@ -52,8 +108,8 @@ def setup_distributed(device=None):
         torch.cuda.set_device(dev)
     else:
         dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
+    if world > 1:
+        start_group('nccl' if dev.type == 'cuda' else 'gloo')
     return Dist(rank, world, local_rank, dev)
 
 
@@ -64,9 +120,9 @@ def agree(dd, error=None):
     """
     if dd.world > 1:
         flag = torch.tensor([0 if error is None else 1], device=dd.device)
-        dist.all_reduce(flag)
+        _collective(dist.all_reduce, flag)
         if error is None and int(flag.item()):
-            raise PeerFailed('another training process failed (see its error)')
+            raise PeerFailed(PEER_MESSAGE)
     if error is not None:
         raise error
 
@@ -75,8 +131,8 @@ def init_process_group(device):
     """Start the torchrun process group (gloo on the CPU, nccl on CUDA) if there is more than one process;
     returns the number of processes."""
     _, world, _ = distributed_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if str(device).startswith('cuda') else 'gloo')
+    if world > 1:
+        start_group('nccl' if str(device).startswith('cuda') else 'gloo')
     return world
 
 
@@ -85,7 +141,7 @@ def gather(obj):
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [obj]
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    _collective(dist.all_gather_object, out, obj)
     return out
 
 

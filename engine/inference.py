@@ -102,7 +102,34 @@ def load_model(path, device='cpu', script=None):
     if isinstance(args, dict) and args.get('cmsr_spec') is not None:
         note(f'{path}: ignoring the cmsr_spec stored in the checkpoint; CMSR is used only with --cmsr', script)
         ckpt = dict(ckpt, model=dict(ckpt['model'], args=dict(args, cmsr_spec=None)))
-    return models.load_model(ckpt, map_location='cpu', where=path).to(device).eval()
+    model = models.load_model(ckpt, map_location='cpu', where=path)
+    check_sr_model(model, path)
+    return model.to(device).eval()
+
+
+def check_sr_model(model, where):
+    """Refuse a model that cannot upscale (an encoder, an MLP: a building block saved on its own), in one
+    line naming what it is, before anything asks it for its ``capabilities``."""
+    if not hasattr(type(model), 'capabilities'):
+        import models
+        name = getattr(model, 'spec', {}).get('name', type(model).__name__)
+        raise models.CheckpointError(f'{where} holds a {name!r} model, a building block (encoder or MLP), not a '
+                                     f'super-resolution model; use the checkpoint of a whole model (e.g. lmliif, '
+                                     f'liif, igconv) that contains it')
+
+
+def non_finite_error(model, label, what, scale=None):
+    """The one-line ``ValueError`` for a prediction holding NaN/inf, saying what is known: the loaded weights
+    are finite (checked on loading), so values overflow inside the model for this input; the largest weight
+    magnitude tells weights of an implausible size (an exploded run) from an input or scale outside what
+    the model handles. ``label``: how the model is named (its path); ``what``: the input (and scale)."""
+    with torch.no_grad():
+        largest = max((float(p.detach().abs().max()) for p in model.parameters()
+                       if p.is_floating_point() and p.numel()), default=0.0)
+    at = f' at scale {scale}' if scale is not None else ''
+    cause = (f'weights as large as {largest:.3g} (an exploded training run?)' if largest > 1e6 else
+             f'finite weights (largest magnitude {largest:.3g}): the values overflow for this input')
+    return ValueError(f'{label}: non-finite output (NaN/inf) for {what}{at}; {cause}; nothing written')
 
 
 def _non_negative_int(value, what):
@@ -139,6 +166,7 @@ class Session:
         if device is None:
             device = str(next(iter(model.parameters()), torch.empty(0)).device)
         self.device = device
+        check_sr_model(model, 'the model')
         self.model = model.to(device).eval()
         caps = self.model.capabilities
         self.window = caps.window if window in (None, 'auto') else _non_negative_int(window, 'window')

@@ -31,7 +31,7 @@ from models.budget import ModelSizeError, check_spec_size
 from models.checkpoint import load_checkpoint
 from datasets.build import build_dataset, check_data_norm
 from utils.config import ConfigError, require
-from utils.io import atomic_write
+from utils.io import atomic_write, interrupts_deferred
 from utils.untrusted import excerpt
 
 from .components import WeightedLoss, _numbers, build_metric, build_optimizer, build_scheduler
@@ -252,7 +252,10 @@ def optimizer_tensors(state_dict):
 # the run
 # ------------------------------------------------------------------------------------------------
 class Logger:
-    """Prints and appends to ``log.txt`` (rank 0 only); scalars go to TensorBoard (``tensorboard/``)."""
+    """Prints and appends to ``log.txt`` (rank 0 only); scalars go to TensorBoard (``tensorboard/``).
+
+    Every write holds Ctrl-C until it is done (``utils.io.interrupts_deferred``): an interrupt landing inside
+    the TensorBoard writer's queue would leave its thread waiting forever and ``close`` would hang."""
 
     def __init__(self, save_dir, main):
         self.main = main
@@ -260,25 +263,29 @@ class Logger:
         self.writer = None
         if main:
             from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(save_dir, 'tensorboard'))
+            with interrupts_deferred():
+                self.writer = SummaryWriter(os.path.join(save_dir, 'tensorboard'))
 
     def __call__(self, msg, echo=True):
         """Append ``msg`` to log.txt, and print it unless ``echo`` is False."""
         if not self.main:
             return
-        if echo:
-            print(msg, flush=True)
-        with open(self.path, 'a') as f:
-            f.write(msg + '\n')
+        with interrupts_deferred():
+            if echo:
+                print(msg, flush=True)
+            with open(self.path, 'a') as f:
+                f.write(msg + '\n')
 
     def scalar(self, tag, value, step):
         if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
+            with interrupts_deferred():
+                self.writer.add_scalar(tag, value, step)
 
     def close(self):
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            with interrupts_deferred():
+                self.writer.close()
+                self.writer = None
 
 
 @dataclass
@@ -306,6 +313,7 @@ class Run:
     last_saved: Optional[int] = None       # epoch held by epoch-last.pth
     log: object = None
     lock: Optional[RunLock] = None
+    created: Optional[str] = None          # the folder this invocation created (rank 0), removed if it fails
     notes: list = field(default_factory=list)
 
     @property
@@ -586,6 +594,7 @@ def setup_run(cfg, save_dir, dd, options=None):
         if created:
             shutil.rmtree(created, ignore_errors=True)
         raise
+    run.created = created
     for note in run.notes:
         run.log(note)
     run.notes.clear()

@@ -45,6 +45,7 @@ the run is restarted (``--no-resume``).
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ import torch
 import torch.distributed as dist
 
 from models.checkpoint import model_spec, save_checkpoint
+from utils.io import interrupts_deferred
 
 from .distributed import agree
 from .run_folder import clear_divergence, write_divergence
@@ -282,14 +284,15 @@ def end_epoch(run, epoch, stats):
         if run.better(mean):
             run.best, run.best_epoch, improved = mean, epoch, True
     state = checkpoint_state(run, epoch)
-    if improved:
-        save_checkpoint(os.path.join(run.save_dir, 'epoch-best.pth'), state)
-        msg += ' (best)'
-    if s.epoch_save and epoch % s.epoch_save == 0:
-        save_checkpoint(os.path.join(run.save_dir, f'epoch-{epoch}.pth'), state)
-    save_checkpoint(run.last_path, state)
-    run.last_saved = epoch
-    clear_divergence(run.save_dir)
+    with interrupts_deferred():       # Ctrl-C: the epoch's checkpoints are all written, then it stops
+        if improved:
+            save_checkpoint(os.path.join(run.save_dir, 'epoch-best.pth'), state)
+            msg += ' (best)'
+        if s.epoch_save and epoch % s.epoch_save == 0:
+            save_checkpoint(os.path.join(run.save_dir, f'epoch-{epoch}.pth'), state)
+        save_checkpoint(run.last_path, state)
+        run.last_saved = epoch
+        clear_divergence(run.save_dir)
     return msg
 
 
@@ -326,6 +329,28 @@ def fit(cfg, save_dir, dd, **options):
             run.log(f'error: {message}', echo=False)      # train.py prints it (stderr)
             write_divergence(save_dir, _lr_of(cfg['optimizer'].get('args')), str(e))
         raise TrainingDiverged(message) from None
+    except KeyboardInterrupt:
+        run.close()
+        raise KeyboardInterrupt(_abandon(run, dd, epoch)) from None
+    except BaseException:
+        run.close()
+        _abandon(run, dd)
+        raise
     finally:
         run.close()
     return epoch
+
+
+def _abandon(run, dd, epoch=None):
+    """After a failure or an interrupt in ``epoch``: a run folder this invocation created and never wrote a
+    checkpoint into is removed on rank 0 (nothing of it could be resumed); otherwise the checkpoints are kept
+    (written atomically, all of an epoch or none, so the last one is intact). Returns the interrupt message."""
+    if not dd.main:                      # rank 0 saves and reports what is kept
+        return 'interrupted'
+    when = '' if epoch is None else f' {"after" if run.last_saved == epoch else "during"} epoch {epoch}'
+    if run.last_saved is None:
+        if run.created:
+            shutil.rmtree(run.created, ignore_errors=True)
+            return f'interrupted{when}, before the first checkpoint; removed {run.created}'
+        return f'interrupted{when}; no checkpoint was written'
+    return f'interrupted{when}; {run.last_path} holds epoch {run.last_saved}: run the same command again to resume'

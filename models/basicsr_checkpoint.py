@@ -10,12 +10,9 @@ EMA weights the published tests use), else ``params``. Files are read with ``wei
 """
 import os
 
-import torch
-
 from utils.config import ConfigError, load_yaml
-from utils.untrusted import excerpt
 
-from .state_dicts import CheckpointError, _load, _shape_mismatch, check_finite, strip_prefix
+from .state_dicts import CheckpointError, _load, _shape_mismatch, check_dtypes, check_entries, check_finite, strip_prefix
 
 PARAM_KEYS = ('params_ema', 'params')
 
@@ -123,15 +120,14 @@ def load_basicsr(path_or_ckpt, arch=None, options=None, args=None, map_location=
         where = os.fspath(path_or_ckpt)
         ckpt = read_checkpoint(where, map_location)
     key, sd = pick_state_dict(ckpt, where, param_key)
-    bad = [k for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if bad:
-        raise CheckpointError(f"{where}: {key!r} entry {excerpt(bad[0], 80)} is not a named tensor")
+    check_entries(sd, where, repr(key))
     sd = strip_prefix(sd)
     check_finite(sd, where)
     try:
         model = make({'name': name, 'args': model_args})
     except (ModelSpecError, ValueError, TypeError) as e:
         raise CheckpointError(f'{where}: cannot build {name}: {e}') from None
+    check_dtypes(model, sd, where)
     try:
         model.load_state_dict(sd, strict=strict)
     except RuntimeError as e:

@@ -22,7 +22,8 @@ from utils.untrusted import ContentError, check_tree, excerpt
 from .basicsr_checkpoint import describe, is_basicsr, load_basicsr
 from .budget import ModelSizeError, check_spec_size
 from .registry import ModelSpecError, make
-from .state_dicts import CheckpointError, _detail, _load, _shape_mismatch, check_finite, strip_prefix  # noqa: F401
+from .state_dicts import (CheckpointError, _detail, _load, _shape_mismatch, check_dtypes, check_entries,  # noqa: F401
+                          check_finite, strip_prefix)
 
 #: What ``torch.load`` raises on damaged or tampered files (a ``data.pkl`` naming missing records, bad
 #: offsets, truncated zip members, nesting bombs, ...).
@@ -58,9 +59,7 @@ def _check_spec(spec, where):
     if not isinstance(spec.get('sd'), dict):
         raise CheckpointError(f"{where}: 'model.sd' must be a state dict (mapping), got "
                               f"{type(spec.get('sd')).__name__}")
-    bad = [k for k, v in spec['sd'].items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if bad:
-        raise CheckpointError(f"{where}: 'model.sd' entry {excerpt(bad[0], 80)} is not a named tensor")
+    check_entries(spec['sd'], where, "'model.sd'")
     try:
         spec_types(spec, MODELS, 'model')
     except InputError as e:
@@ -180,9 +179,11 @@ def load_model(path_or_ckpt, map_location='cpu', strict=True, arch=None, options
     except ModelSizeError as e:
         raise CheckpointError(str(e)) from None
     try:
-        model = make(spec, load_sd=True, strict=strict)
-    except ModelSpecError as e:
-        raise CheckpointError(f'{where}: {e}') from None
+        model = make({'name': spec['name'], 'args': spec['args']})
+        check_dtypes(model, spec['sd'], where)       # before loading: nothing cast silently (or with a warning)
+        model.load_state_dict(spec['sd'], strict=strict)
+    except (ModelSpecError, CheckpointError) as e:
+        raise CheckpointError(f'{where}: {e}' if isinstance(e, ModelSpecError) else str(e)) from None
     except (RuntimeError, TypeError, ValueError) as e:
         detail = None
         try:

@@ -42,6 +42,29 @@ def check_finite(sd, where):
                                   f'{value.numel()}; the run that wrote it diverged; use an earlier checkpoint')
 
 
+def check_entries(sd, where, label):
+    """Refuse a state dict whose entries are not ``name -> dense tensor`` (a string, a list, a sparse or
+    quantised tensor), naming the first bad entry; ``label`` names the dict (``'model.sd'``)."""
+    from utils.untrusted import excerpt
+    for k, v in sd.items():
+        if not isinstance(k, str) or not torch.is_tensor(v):
+            raise CheckpointError(f"{where}: {label} entry {excerpt(k, 80)} is not a named tensor")
+        if v.layout != torch.strided or v.is_quantized or v.is_meta:
+            kind = 'quantised' if v.is_quantized else 'meta' if v.is_meta else str(v.layout).replace('torch.', '')
+            raise CheckpointError(f"{where}: {label} entry {excerpt(k, 80)} is a {kind} tensor; weights are dense "
+                                  f"tensors")
+
+
+def check_dtypes(model, sd, where):
+    """Refuse weights that are not floating point where the model's are (an integer tensor would be cast
+    silently and the model's output be garbage or overflow), naming the first such entry."""
+    own = model.state_dict()
+    for key, value in sd.items():
+        if torch.is_tensor(value) and key in own and own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f'{where}: weight {key!r} is {str(value.dtype).replace("torch.", "")}, not floating '
+                                  f'point: these are not trained weights of this model')
+
+
 def _shape_mismatch(model, sd):
     """One line listing every missing, unexpected and differently shaped entry (None if they agree)."""
     own = model.state_dict()

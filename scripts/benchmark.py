@@ -23,6 +23,7 @@ import argparse
 import csv
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -417,7 +418,21 @@ def check_options(args, parser):
                 cmsr.load_tables(table, models.load_model(ckpt).capabilities)
     out = args.out or os.path.join(ROOT, 'outputs', 'benchmark', f'{torch.device(device).type}_{args.input}')
     validate.output_folder(out, '--out')
+    check_memory((h, w), scales, device, args)
     return (h, w), scales, device, out
+
+
+def check_memory(lr, scales, device, args):
+    """Refuse, before any compute, an input or largest scale whose images alone cannot fit in memory
+    (``engine.memory``'s estimate of the input and output buffers; rows too slow to time are skipped later by
+    --max-seconds, not refused here)."""
+    from engine import memory
+    h, w = lr
+    s = max(scales)
+    try:
+        memory.check(None, (h, w), (h * s, w * s), device, what=f'x{s}: the output')
+    except memory.MemoryEstimateError as e:
+        raise validate.InputError(f'--input {args.input} --scales {args.scales}: {e}') from None
 
 
 def run_rows(args, lr, scales, device):
@@ -462,14 +477,16 @@ def write_outputs(out, text, rows, lr, device_name):
 
 
 def main(argv=None):
+    """Errors are one line (``engine.errors.run``); the output folder is made only when the results are written,
+    and removed again if writing them fails and it did not exist before."""
+    from engine.errors import run
+    return run(_main, argv, 'benchmark.py')
+
+
+def _main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        lr, scales, device, out = check_options(args, parser)
-    except (ValueError, models.CheckpointError) as e:
-        print(f'benchmark.py: error: {e}', file=sys.stderr)
-        return 1
-    os.makedirs(out, exist_ok=True)
+    lr, scales, device, out = check_options(args, parser)
     device_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
     torch.manual_seed(0)
     rate = matmul_rate(device)
@@ -480,7 +497,14 @@ def main(argv=None):
         print(f'demo.py --scale {s}: model {demo_s:.3f} s vs benchmark enc + dec {bench_s:.3f} s', flush=True)
     text = markdown(rows, args, rate, golden_check(args), device_name, demo_rows)
     print('\n' + text)
-    write_outputs(out, text, rows, lr, device_name)
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        write_outputs(out, text, rows, lr, device_name)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return 0
 
 

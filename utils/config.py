@@ -41,15 +41,20 @@ def load_config(path):
     return cfg
 
 
-def parse_value(text):
-    """YAML-parse an override value: ``1.e-4`` -> float, ``[1,2]`` -> list, ``true`` -> bool.
+def parse_value(text, where='--opt value'):
+    """YAML-parse an override value: ``1.e-4`` -> float, ``[1,2]`` -> list, ``true`` -> bool; within the
+    bounds of config files (``utils.untrusted.check_tree``: depth, expanded size), else ``ConfigError``.
 
     Note PyYAML reads ``1e-4`` (no dot) as a string; ``as_float`` below accepts both forms.
     """
     try:
-        return yaml.safe_load(text)
+        return check_tree(yaml.safe_load(text), where)
     except yaml.YAMLError:
         return text
+    except ContentError as e:
+        raise ConfigError(str(e)) from None
+    except RecursionError:
+        raise ConfigError(f'{where}: nested too deeply') from None
 
 
 def _closest(key, options):
@@ -66,18 +71,20 @@ def _check_type(item, path, old, new):
         return
     if isinstance(old, bool):
         if not isinstance(new, bool):
-            raise ConfigError(f'override {item!r}: {path} is true/false, got {new!r}')
+            raise ConfigError(f'override {excerpt(item, 80)}: {path} is true/false, got {excerpt(new, 60)}')
     elif isinstance(old, (int, float)):
         if isinstance(new, bool) or not isinstance(new, (int, float)):
             try:
                 float(new)
             except (TypeError, ValueError):
-                raise ConfigError(f'override {item!r}: {path} is a number ({old!r}), got {new!r}') from None
+                raise ConfigError(f'override {excerpt(item, 80)}: {path} is a number ({excerpt(old, 60)}), got '
+                                  f'{excerpt(new, 60)}') from None
     elif isinstance(old, dict) and not isinstance(new, dict):
-        raise ConfigError(f'override {item!r}: {path} is a mapping ({", ".join(map(str, old)) or "empty"}); set its '
-                          f'entries ({path}.KEY=VALUE), not the mapping itself')
+        raise ConfigError(f'override {excerpt(item, 80)}: {path} is a mapping ({", ".join(map(str, old)) or "empty"}); '
+                          f'set its entries ({path}.KEY=VALUE), not the mapping itself')
     elif isinstance(old, list) and not isinstance(new, list):
-        raise ConfigError(f'override {item!r}: {path} is a list, got {new!r}; write it as [a, b, ...]')
+        raise ConfigError(f'override {excerpt(item, 80)}: {path} is a list, got {excerpt(new, 60)}; write it as '
+                          f'[a, b, ...]')
 
 
 def apply_overrides(cfg, overrides):
@@ -91,15 +98,19 @@ def apply_overrides(cfg, overrides):
     cfg = copy.deepcopy(cfg)
     for item in overrides or []:
         if not isinstance(item, str) or '=' not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value (or +key.path=value to add a key)")
+            raise ConfigError(f"override {excerpt(item, 80)} must look like key.path=value (or +key.path=value to add "
+                              f"a key)")
         key, value = item.split('=', 1)
         key = key.strip()
         add = key.startswith('+')
         if add:
             key = key[1:]
         parts = key.split('.')
+        if len(key) > 200:                   # messages below quote the key: keep them one short line
+            raise ConfigError(f'override {excerpt(item, 80)}: a key of {len(key)} characters; config keys are short')
         if not key or any(p.strip() == '' or p != p.strip() for p in parts):
-            raise ConfigError(f"override {item!r}: empty or blank key part in {key!r}; write key.path=value")
+            raise ConfigError(f"override {excerpt(item, 80)}: empty or blank key part in {key!r}; "
+                              f"write key.path=value")
         node = cfg
         for i, p in enumerate(parts[:-1]):
             path = '.'.join(parts[:i + 1])
@@ -107,19 +118,21 @@ def apply_overrides(cfg, overrides):
                 if not add:
                     where = f"in '{'.'.join(parts[:i])}'" if i else 'at the top level of the config'
                     known = f'; it has: {", ".join(map(str, node))}' if node else ''
-                    raise ConfigError(f"override {item!r}: no entry {p!r} {where}{_closest(p, node)}{known}; "
-                                      f"write +{key}=... to add it")
+                    raise ConfigError(f"override {excerpt(item, 80)}: no entry {p!r} {where}{_closest(p, node)}"
+                                      f"{known}; write +{key}=... to add it")
                 node[p] = {}
             if not isinstance(node[p], dict):
-                raise ConfigError(f"override {item!r}: {path} is not a mapping (it holds {excerpt(node[p], 60)})")
+                raise ConfigError(f"override {excerpt(item, 80)}: {path} is not a mapping (it holds "
+                                  f"{excerpt(node[p], 60)})")
             node = node[p]
         last = parts[-1]
-        new = parse_value(value)
+        new = parse_value(value, f'--opt {excerpt(key, 60)}')
         if last not in node:
             if not add:
                 where = f"in '{'.'.join(parts[:-1])}'" if len(parts) > 1 else 'at the top level of the config'
-                raise ConfigError(f"override {item!r}: no entry {last!r} {where}{_closest(last, node)}; write "
-                                  f"+{key}={value} to add a new entry")
+                raise ConfigError(f"override {excerpt(item, 80)}: no entry {last!r} {where}{_closest(last, node)}; "
+                                  f"write +{key}={value if len(value) <= 60 else value[:57] + '...'} to add "
+                                  f"a new entry")
         else:
             _check_type(item, key, node[last], new)
         node[last] = new
@@ -141,4 +154,4 @@ def as_float(value, name):
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f'{name} must be a number, got {value!r}') from None
+        raise ConfigError(f'{name} must be a number, got {excerpt(value, 60)}') from None

@@ -327,29 +327,82 @@ def _to_int_array(x, bit_depth, band=256, quantization='round'):
     """(H, W, C) floats in [0, 1] -> integer array (clamp, scale by the peak in float32, then round or
     truncate), converted in bands of rows so that no full-size float temporary is made (outputs can be
     gigabytes)."""
+    out = np.empty(tuple(x.shape), dtype=np.uint16 if bit_depth == 16 else np.uint8)
+    for r, block in _int_blocks(lambda a, b: x[a:b], x.shape[0], bit_depth, band, quantization):
+        out[r:r + len(block)] = block
+    return out
+
+
+def _quantise(part, bit_depth, quantization):
+    """A float block in [0, 1] (any shape) -> uint8/uint16 numpy (clamp, times the peak in float32, round
+    or truncate)."""
+    part = part.detach().float().cpu().clamp(0, 1).mul_((1 << bit_depth) - 1)
+    part = part.round_() if quantization == 'round' else part.trunc_()
+    return part.numpy().astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def _int_blocks(rows, height, bit_depth, band, quantization):
+    """Yield (first row, integer block (rows, W, C)) for ``rows(a, b)`` -> float (b - a, W, C) blocks."""
     if quantization not in QUANTIZATIONS:
         raise ImageError(f'quantization must be one of {", ".join(QUANTIZATIONS)}, got {quantization!r}')
-    peak = (1 << bit_depth) - 1
-    out = np.empty(tuple(x.shape), dtype=np.uint16 if bit_depth == 16 else np.uint8)
-    for r in range(0, x.shape[0], band):
-        part = x[r:r + band].detach().float().cpu().clamp(0, 1).mul_(peak)
-        out[r:r + band] = (part.round_() if quantization == 'round' else part.trunc_()).numpy()
-    return out
+    for r in range(0, height, band):
+        yield r, _quantise(rows(r, min(r + band, height)), bit_depth, quantization)
+
+
+def _band(width, channels):
+    """Rows per conversion block: about 16 MB of float32 (at least one row)."""
+    return max(1, (16 << 20) // max(1, width * channels * 4))
+
+
+def _png_chunk(tag, data):
+    return struct.pack('>I', len(data)) + tag + data + struct.pack('>I', zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def _write_png16(f, blocks, h, w, c):
+    """Stream a 16-bit PNG of ``blocks`` (uint16 (rows, W, C), C = 1..4, top to bottom) into the seekable
+    binary file ``f``: one IDAT chunk (its length written once known), deflate level 6 with filter 0 on
+    every row. Memory: one block and the compressor's window."""
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    f.write(_PNG_SIGNATURE + _png_chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, color_type, 0, 0, 0)))
+    start = f.tell()
+    f.write(b'\0\0\0\0IDAT')
+    comp, crc, size = zlib.compressobj(6), zlib.crc32(b'IDAT'), 0
+    for _, block in blocks:
+        rows = np.zeros((len(block), 1 + w * c * 2), dtype=np.uint8)   # filter byte 0 (None) before every row
+        rows[:, 1:] = block.astype('>u2').reshape(len(block), -1).view(np.uint8)
+        data = comp.compress(rows.tobytes())
+        f.write(data)
+        crc, size = zlib.crc32(data, crc), size + len(data)
+    data = comp.flush()
+    f.write(data)
+    crc, size = zlib.crc32(data, crc), size + len(data)
+    f.write(struct.pack('>I', crc & 0xFFFFFFFF))
+    end = f.tell()
+    f.seek(start)
+    f.write(struct.pack('>I', size))
+    f.seek(end)
+    f.write(_png_chunk(b'IEND', b''))
 
 
 def _png16(arr):
     """Encode a uint16 array (H, W, C), C = 1..4, as a 16-bit PNG (PIL cannot write 16-bit colour)."""
     h, w, c = arr.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = np.zeros((h, 1 + w * c * 2), dtype=np.uint8)  # filter byte 0 (None) before every row
-    rows[:, 1:] = arr.astype('>u2').reshape(h, -1).view(np.uint8)
+    buf = io.BytesIO()
+    _write_png16(buf, ((r, arr[r:r + 256]) for r in range(0, h, 256)), h, w, c)
+    return buf.getvalue()
 
-    def chunk(tag, data):
-        return struct.pack('>I', len(data)) + tag + data + struct.pack('>I', zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    header = struct.pack('>IIBBBBB', w, h, 16, color_type, 0, 0, 0)
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(rows.tobytes(), 6))
-            + chunk(b'IEND', b''))
+def _pil_image(blocks, h, w, c, bit_depth):
+    """A PIL image filled block by block (no full-size intermediate array besides PIL's own storage)."""
+    mode = 'I;16' if bit_depth == 16 else {1: 'L', 2: 'LA', 3: 'RGB', 4: 'RGBA'}[c]
+    im = Image.new(mode, (w, h))
+    for r, block in blocks:
+        if bit_depth == 16:
+            part = Image.frombytes('I;16', (w, len(block)), block[..., 0].astype('<u2').tobytes())
+        else:
+            part = Image.fromarray(np.ascontiguousarray(block[..., 0] if c == 1 else block))
+        im.paste(part, (0, r))
+    return im
 
 
 def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None, quantization='round'):
@@ -367,6 +420,9 @@ def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None, quantization=
         mode_hint: the source's PIL mode (``info.mode``); a gray mode writes a gray image
             (luma 0.299 R + 0.587 G + 0.114 B, as PIL's 'L' conversion; three equal channels are kept as
             they are).
+    Memory: the floats are converted in blocks of rows (about 16 MB) and encoded straight into the file:
+    16-bit PNG streams (one block at a time); other formats hold PIL's image (about the output's size)
+    and one block; nothing of the input's size is copied.
     Raises:
         ImageError: unsupported extension or depth, bad shapes, or the file cannot be written.
     """
@@ -378,38 +434,45 @@ def save_image(path, rgb, bit_depth=8, alpha=None, mode_hint=None, quantization=
                          f'use one of {", ".join(SAVE_FORMATS)}')
     if bit_depth not in (8, 16):
         raise ImageError(f'{path}: bit_depth must be 8 or 16, got {bit_depth}')
+    if quantization not in QUANTIZATIONS:
+        raise ImageError(f'quantization must be one of {", ".join(QUANTIZATIONS)}, got {quantization!r}')
     x = rgb if rgb.dim() == 3 else rgb.unsqueeze(0)
     if x.dim() != 3 or x.shape[0] not in (1, 3):
         raise ImageError(f'{path}: expected an image (3, H, W) or (1, H, W), got shape {tuple(rgb.shape)}')
     gray = x.shape[0] == 1 or mode_hint in GRAY_MODES
-    if gray and x.shape[0] == 3:
-        if torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]):
-            x = x[:1]  # already gray: keep the samples exactly (float luma weights do not sum to exactly 1)
-        else:
-            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
     if bit_depth == 16 and not (fmt == 'PNG' or (fmt == 'TIFF' and gray and alpha is None)):
         raise ImageError(f'{path}: 16-bit output is supported for PNG (and gray TIFF) only')
-    channels = [x]
+    h, w = x.shape[1:]
+    band = _band(w, 4)
+    luma = False
+    if gray and x.shape[0] == 3:     # already gray (three equal channels): the samples are kept exactly
+        luma = not all(torch.equal(x[0, r:r + band], x[1, r:r + band]) and torch.equal(x[1, r:r + band],
+                                                                                       x[2, r:r + band])
+                       for r in range(0, h, band))
+    a = None
     if alpha is not None and fmt in _ALPHA_FORMATS:
         a = alpha if alpha.dim() == 3 else alpha.unsqueeze(0)
         if a.shape != (1,) + tuple(x.shape[1:]):
-            raise ImageError(f'{path}: alpha of shape {tuple(alpha.shape)} does not match the image {tuple(x.shape)}')
-        channels.append(a.to(x.device, x.dtype))
-    arr = _to_int_array((channels[0] if len(channels) == 1 else torch.cat(channels)).permute(1, 2, 0), bit_depth,
-                        quantization=quantization)
-    if bit_depth == 16 and fmt == 'PNG':
-        data = _png16(arr)
-    else:
-        if bit_depth == 16:
-            im = Image.frombytes('I;16', (arr.shape[1], arr.shape[0]), arr[..., 0].astype('<u2').tobytes())
-        else:
-            im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-        buf = io.BytesIO()
-        options = {'JPEG': {'quality': JPEG_QUALITY}, 'WEBP': {'lossless': True}}.get(fmt, {})
-        im.save(buf, format=fmt, **options)
-        data = buf.getvalue()
+            raise ImageError(f'{path}: alpha of shape {tuple(alpha.shape)} does not match the image '
+                             f'{tuple((1 if gray else 3,) + tuple(x.shape[1:]))}')
+
+    def rows(r0, r1):
+        """Rows r0:r1 as float (rows, W, C): gray/luma, then alpha, as the whole image would be."""
+        part = x[:, r0:r1]
+        if gray and x.shape[0] == 3:
+            part = (0.299 * part[0] + 0.587 * part[1] + 0.114 * part[2]).unsqueeze(0) if luma else part[:1]
+        if a is not None:
+            part = torch.cat([part, a[:, r0:r1].to(part.device, part.dtype)])
+        return part.permute(1, 2, 0)
+
+    c = (1 if gray else 3) + (a is not None)
+    blocks = _int_blocks(rows, h, bit_depth, band, quantization)
+    options = {'JPEG': {'quality': JPEG_QUALITY}, 'WEBP': {'lossless': True}}.get(fmt, {})
     try:
         with atomic_write(path) as f:
-            f.write(data)
+            if bit_depth == 16 and fmt == 'PNG':
+                _write_png16(f, blocks, h, w, c)
+            else:
+                _pil_image(blocks, h, w, c, bit_depth).save(f, format=fmt, **options)
     except OSError as e:
         raise ImageError(f'{path}: cannot write ({e.strerror or _one_line(e)})') from None

@@ -69,8 +69,11 @@ class Registry:
         self.check_args(cls, name, merged)
         try:
             return cls(**merged)
-        except (KeyError, IndexError, AttributeError, TypeError, ZeroDivisionError) as e:
-            # a constructor tripping over a value it did not expect: name the object, one line
+        except (KeyError, IndexError, AttributeError, TypeError, ZeroDivisionError, RuntimeError) as e:
+            # a constructor tripping over a value it did not expect (torch: a negative size...): name the
+            # object, one line; running out of memory stays what it is
+            if isinstance(e, RuntimeError) and 'OutOfMemory' in type(e).__name__:
+                raise
             detail = ' '.join(str(e).split())[:200]
             raise self.error(f'{self.kind} {name!r} cannot be built from these args ({type(e).__name__}: '
                              f'{detail})') from None

@@ -99,7 +99,7 @@ def cli_numbers(args, script, labels=None):
 
     * ``tile`` >= 0 (or 'auto'), ``tile_overlap`` >= 0, ``window`` 0..64 (0 = no padding; or 'auto'),
     * ``bsize`` / ``eval_bsize`` > 0, ``stop_after`` >= 1, ``workers`` >= 0, ``first_k`` >= 1,
-    * ``max_train_scale`` > 0 and finite, ``mse_threshold`` > 0 and finite, ``grad_clip`` > 0,
+    * ``max_train_scale`` >= 1 and finite, ``mse_threshold`` > 0 and finite, ``grad_clip`` > 0,
       ``repeats`` >= 1, ``warmup`` >= 0, ``max_seconds`` > 0.
 
     Messages name the flag ``--<dest with dashes>`` unless ``labels`` maps the dest to the flag a script
@@ -128,6 +128,8 @@ def cli_numbers(args, script, labels=None):
     for name in ('max_train_scale', 'mse_threshold', 'grad_clip', 'max_seconds'):
         if has(name):
             number(getattr(args, name), flag(name), positive=True)
+    if has('max_train_scale'):           # the largest training scale: x1 or more
+        number(args.max_train_scale, flag('max_train_scale'), minimum=1)
     return args
 
 

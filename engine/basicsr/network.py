@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 import datasets
 from models.basicsr_checkpoint import pick_state_dict, read_checkpoint
-from models.checkpoint import CheckpointError, _shape_mismatch, check_finite, strip_prefix
+from models.checkpoint import CheckpointError, _shape_mismatch, check_dtypes, check_finite, strip_prefix
 
 from .options import TRAIN_TYPES, OptionError
 
@@ -45,6 +45,7 @@ def load_weights(model, path, param_key, strict, log):
         param_key, sd = pick_state_dict(ckpt, path, param_key)
     sd = strip_prefix(dict(sd))
     check_finite(sd, path)
+    check_dtypes(model, sd, path)
     own = model.state_dict()
     if strict:
         try:
