@@ -41,15 +41,15 @@ MAX_CHECK_QUERIES_AT_ONCE = 1 << 18
 
 
 def parse_sizes(text, name='--check-sizes'):
-    """'24x20,13x17' (HxW each) -> [(24, 20), (13, 17)]."""
+    """'20x24,17x13' (WIDTHxHEIGHT each, the project's size convention) -> [(24, 20), (13, 17)] as (h, w)."""
     from utils.validate import InputError, size_text
     parts = [p for p in str(text).split(',') if p.strip()]
     if not parts:
-        raise InputError(f'{name}: give at least one size HxW')
-    sizes = [size_text(p.strip(), name, order='HxW') for p in parts]
+        raise InputError(f'{name}: give at least one size WIDTHxHEIGHT')
+    sizes = [size_text(p.strip(), name, order='WxH') for p in parts]
     for h, w in sizes:
         if h > 512 or w > 512:
-            raise InputError(f'{name}: {h}x{w} is larger than the 512x512 a check allows (it runs on the CPU)')
+            raise InputError(f'{name}: {w}x{h} is larger than the 512x512 a check allows (it runs on the CPU)')
     return sizes
 
 
@@ -83,9 +83,9 @@ def build_parser():
                         '(default 16384, about 120 MB of working set for LM-LIIF); 0: every query at once')
     p.add_argument('--scale-max', '--scale_max', dest='max_train_scale', type=float, default=None,
                    help="largest training scale for cell clipping (default: the checkpoint's, else the model's)")
-    p.add_argument('--check-sizes', default='24x20,13x17,31x9',
-                   help='LR sizes HxW the export is checked on (default: 24x20,13x17,31x9; the export itself '
-                        'traces 24x20, so the others check that sizes are dynamic)')
+    p.add_argument('--check-sizes', default='20x24,17x13,9x31',
+                   help='LR sizes WIDTHxHEIGHT the export is checked on (default: 20x24,17x13,9x31; the export '
+                        'itself traces 20x24, so the others check that sizes are dynamic)')
     p.add_argument('--check-scales', default=None,
                    help='arbitrary form: scales checked (default 2,3.5,6; IGConv models 2,3,4)')
     p.add_argument('--tol', type=float, default=None,
@@ -93,6 +93,8 @@ def build_parser():
                         '1.96e-3: half an 8-bit level, so a saved 8-bit image moves by at most one level; float32 '
                         'reordering and one-ulp coordinate differences give about 1e-6 to 1e-4)')
     p.add_argument('--quiet', action='store_true', help='only errors')
+    from engine import cli
+    cli.add_threads_arg(p)
     return p
 
 
@@ -183,8 +185,8 @@ def check_lines(results, tol):
         h, w = r['size']
         sy, sx = r['scale']
         out = r['out']
-        osize = f'{out[2]}x{out[3]}' if len(out) == 4 else f'{out[1]} queries'
-        lines.append(f'  input 1x3x{h}x{w}, x{sy:g}' + (f',{sx:g}' if sx != sy else '')
+        osize = f'{out[3]}x{out[2]}' if len(out) == 4 else f'{out[1]} queries'
+        lines.append(f'  input {w}x{h}, x{sy:g}' + (f',{sx:g}' if sx != sy else '')
                      + f' -> {osize}: max |ONNX Runtime - PyTorch| = {r["max_diff"]:.2e}'
                      + ('' if r['ok'] else f'  > {tol:g}'))
     bad = [r for r in results if not r['ok']]
@@ -206,6 +208,8 @@ def main(argv=None):
     from engine import export
     from engine.inference import Session, resolve_model_path
     scale, sizes = check_args(args)
+    from engine import cli
+    cli.apply_threads(args)
     path = resolve_model_path(args.model)
     input_file(path, '--model')
     output_file(args.output, '--output', inputs=(path,), extensions=('.onnx',))
@@ -220,7 +224,6 @@ def main(argv=None):
             export.example_inputs('arbitrary', (1, 1), s, kind='grid')
     t = time.perf_counter()
     data, graph, meta = export_graph(session, args, scale, path)
-    torch.set_num_threads(min(torch.get_num_threads(), 4))
     from tqdm import tqdm          # the parity checks, one size at a time (stderr; --quiet: none)
     results = [r for size in tqdm(sizes, desc='ONNX Runtime checks', unit='size', leave=False, disable=args.quiet)
                for r in export.verify(session.model, data, args.form, graph.scale if scale is not None else None,
@@ -235,7 +238,7 @@ def main(argv=None):
         print(f'{path} ({meta["assr.model"]}) -> {args.output} (form {args.form}, {what}, opset {args.opset}, '
               f'{len(data) / 2**20:.1f} MiB, {time.perf_counter() - t:.1f}s)')
         print(f'verified with ONNX Runtime {onnxruntime.__version__} (CPU) against PyTorch {torch.__version__}, '
-              f'tolerance {args.tol:.3g} = {args.tol * 255:.2g} of an 8-bit level (traced at 24x20):')
+              f'tolerance {args.tol:.3g} = {args.tol * 255:.2g} of an 8-bit level (traced at 20x24):')
         print('\n'.join(lines))
     return 0
 

@@ -293,10 +293,10 @@ def test_export_script_verifies_and_writes(built, tmp_path, capsys):
     models.save_checkpoint(ckpt, {'model': models.model_spec(built['liif'], built['liif'].state_dict())})
     out = tmp_path / 'tiny_x3.5.onnx'
     assert export_onnx.main(['--model', str(ckpt), '--output', str(out), '--form', 'fixed', '--scale', '3.5',
-                             '--check-sizes', '9x11,6x7']) == 0
+                             '--check-sizes', '11x9,7x6']) == 0
     text = capsys.readouterr().out
     assert 'verified with ONNX Runtime' in text
-    assert 'input 1x3x9x11, x3.5 -> 31x38' in text and 'input 1x3x6x7, x3.5 -> 21x24' in text
+    assert 'input 11x9, x3.5 -> 38x31' in text and 'input 7x6, x3.5 -> 24x21' in text     # WIDTHxHEIGHT
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta['assr.form'] == 'fixed' and meta['assr.scale'] == '3.5,3.5'
