@@ -64,15 +64,14 @@ def test_default_thread_policy(cores, load, world, expect):
 
 
 def test_machine_load_sees_runs_started_together(monkeypatch):
-    """The 1-minute average lags; runnable tasks now (minus this one, median of the samples) count too."""
-    monkeypatch.setattr(os, 'getloadavg', lambda: (0.1, 0.1, 0.1))
-    readings = iter([2, 2, 9, 2, 1])                       # this run + another one, one transient spike
+    """Runnable tasks now (minus this one, median of the samples); the lagging load average is not used."""
+    monkeypatch.setattr(os, 'getloadavg', lambda: (3.2, 1.0, 0.5))      # busy a minute ago
+    readings = iter([2, 2, 9, 2, 1, 2, 2, 1, 2])           # this run + another one, one transient spike
     monkeypatch.setattr(resources, 'running_tasks', lambda: next(readings))
     assert resources.machine_load(interval=0) == 1.0
-    monkeypatch.setattr(os, 'getloadavg', lambda: (3.2, 1.0, 0.5))
-    monkeypatch.setattr(resources, 'running_tasks', lambda: 1)          # only this run now, busy a minute ago
-    assert resources.machine_load(interval=0) == 3.2
-    monkeypatch.setattr(resources, 'running_tasks', lambda: None)       # no /proc: the average alone
+    monkeypatch.setattr(resources, 'running_tasks', lambda: 1)          # only this run now
+    assert resources.machine_load(interval=0) == 0.0
+    monkeypatch.setattr(resources, 'running_tasks', lambda: None)       # no /proc: the average
     assert resources.machine_load(interval=0) == 3.2
 
 

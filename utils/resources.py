@@ -49,16 +49,13 @@ def running_tasks():
         return None
 
 
-def machine_load(samples=5, interval=0.01):
-    """How many cores other processes keep busy: the larger of the 1-minute load average and the number of
-    other runnable tasks now (``/proc/loadavg``'s running count minus this thread, the median of ``samples``
-    readings ``interval`` seconds apart). The average alone lags: two runs started together would each see
-    an idle machine; the instantaneous count alone misses processes that just slept. 0.0 where the OS says
-    nothing."""
-    try:
-        average = float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        average = 0.0
+def machine_load(samples=9, interval=0.01):
+    """How many cores other processes keep busy now: the median over ``samples`` readings, ``interval``
+    seconds apart, of the runnable tasks other than this thread (``/proc/loadavg``'s running count). Two
+    runs started together see each other, and a CPU-bound process (a training run) is always runnable.
+    The load *average* is not used: it lags by a minute, so a script started right after another one on an
+    idle machine would take fewer threads than it could. Where the OS gives no running count, the 1-minute
+    load average (0.0 if that is unknown too)."""
     readings = []
     for i in range(samples):
         running = running_tasks()
@@ -67,8 +64,12 @@ def machine_load(samples=5, interval=0.01):
         readings.append(max(running - 1, 0))
         if i + 1 < samples:
             time.sleep(interval)
-    now = sorted(readings)[len(readings) // 2] if readings else 0
-    return max(average, float(now))
+    if readings:
+        return float(sorted(readings)[len(readings) // 2])
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def local_world_size():
@@ -87,8 +88,8 @@ def default_threads(cores=None, load=None, local_world=None):
     """The CPU thread count of one process when the user gives none (``--threads``, ``threads=``).
 
     ``max(1, cores - round(load)) // local_world``, at least 1: the cores this process may use
-    (``usable_cores``) minus the cores other processes keep busy (``machine_load``: the larger of the
-    1-minute load average and the runnable tasks now), shared among the ``local_world`` processes of a torchrun job on this machine
+    (``usable_cores``) minus the cores other processes keep busy (``machine_load``: the runnable tasks now),
+    shared among the ``local_world`` processes of a torchrun job on this machine
     (``local_world_size``). On an idle 8-core machine: 8; beside one CPU-bound process on 2 cores: 1;
     ``torchrun --nproc_per_node 2`` on 8 idle cores: 4 each. Arguments override the measured values
     (tests).
