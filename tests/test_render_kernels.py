@@ -2,7 +2,6 @@
 product on random inputs of odd sizes, and every LM model's grid path with each kernel against an independent,
 straightforward per-query implementation of the modulated render MLP (the published formula, written here
 from the model's weights) -- LM-LIIF, LM-LTE, LM-CiaoSR and a CMSR render."""
-import math
 
 import pytest
 import torch
