@@ -46,8 +46,12 @@ def test_benchmark_bf16_rows_and_shares(tmp_path, monkeypatch, golden):
     best = float(re.search(r'\| render16 \(best\) \| [^|]+ \| ([0-9.]+) \|', text).group(1))
     rows = {m.group(1): m for m in re.finditer(r'^\| (lmliif(?: bf16)?) \| x2 \|.*$', text, re.M)}
     assert set(rows) == {'lmliif', 'lmliif bf16'}
-    rate, pct = re.search(r'\| ([0-9.]+) \(([0-9]+)%\) \|', rows['lmliif'].group(0)).groups()
-    assert abs(100 * float(rate) / best - float(pct)) <= 1
+    found = re.search(r'\| ([0-9.]+) \(([0-9]+)%\) \|', rows['lmliif'].group(0))
+    if found:       # (a busy machine can leave a tiny decoder untimed: 'decoder not timed ...')
+        rate, pct = found.groups()
+        assert abs(100 * float(rate) / best - float(pct)) <= 1
+    else:
+        assert 'decoder not timed' in rows['lmliif'].group(0)
     bf16 = rows['lmliif bf16'].group(0)
     assert ('emulated' in bf16) == (not profiling.native_bf16('cpu')[0])
     err = re.search(r'golden max \|diff\| ([0-9.e+-]+)', bf16)
