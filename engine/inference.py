@@ -157,12 +157,17 @@ class Session:
         cmsr: a Scale2Mod table file (path) or a validated table set: LM models render scales beyond the
             training range with CMSR; ``cmsr_exact_grid`` (default True) renders its levels on exact pixel
             grids, False on the published grid (border artefacts; reproduces the published numbers).
+        render_mode: 'float32' (default) or 'bf16': the LM render MLP's precision (``set_render_mode``); bf16
+            on a model without a modulated render MLP is refused; on a device without native bf16
+            (``engine.profiling.native_bf16``) it runs emulated, with one note line.
+        script: the entry point's name for note lines.
 
     ``stats`` (``engine.render.RenderStats``) accumulates over calls.
     """
 
     def __init__(self, model, device=None, *, window=None, published_window=False, tile=None, tile_overlap=None,
-                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=True):
+                 chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=True,
+                 render_mode='float32', script=None):
         if device is None:
             device = str(next(iter(model.parameters()), torch.empty(0)).device)
         self.device = device
@@ -182,15 +187,32 @@ class Session:
             raise ValueError(f'the largest training scale must be positive, got {self.max_train_scale!r}')
         self.tables = self._tables(cmsr)
         self.cmsr_exact_grid = bool(cmsr_exact_grid)
+        self.render_mode = self._render_mode(render_mode, script)
         self.stats = _render.RenderStats()
+
+    def _render_mode(self, mode, script):
+        if mode not in ('float32', 'bf16'):
+            raise ValueError(f"render mode must be 'float32' or 'bf16', got {mode!r}")
+        caps = self.model.capabilities
+        if mode == 'bf16':
+            if not caps.modulated:
+                raise ValueError(f'--render-mode bf16 applies to LM models (lmliif, lmlte, lmciaosr) only; this is a '
+                                 f'{caps.name or type(self.model).__name__} model')
+            from .profiling import native_bf16
+            native, why = native_bf16(self.device)
+            if not native:
+                note(f'--render-mode bf16 on {self.device}: {why}, slower than float32', script)
+        if caps.modulated:
+            self.model.set_render_mode('bfloat16' if mode == 'bf16' else 'float32')
+        return mode
 
     @classmethod
     def open(cls, source, device='cpu', script=None, **overrides):
         """A session for ``source``: a checkpoint path (bare names looked up, see ``resolve_model_path``),
         ``'bicubic'`` or a model object; ``overrides`` as the constructor's."""
         if isinstance(source, torch.nn.Module):
-            return cls(source, device, **overrides)
-        return cls(load_model(source, device, script), device, **overrides)
+            return cls(source, device, script=script, **overrides)
+        return cls(load_model(source, device, script), device, script=script, **overrides)
 
     def _tables(self, cmsr):
         if cmsr is None:

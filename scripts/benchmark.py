@@ -15,8 +15,12 @@ the upsampler alone on the encoder's features for IGConv (folded with instantiat
 tail. MACs are counted (FlopCounterMode; implicit models on the meta device through the model's general
 query path, which for LM models includes the published per-query layer-0 work that the engine's grid
 path computes once per LR pixel) and, for implicit models, compared with the closed form of
-models/complexity.py. The matrix-product rate (2048^3 float32 products) is measured in the same run and
-each decoder's GMAC/s is given as a share of it. Writes benchmark.md, benchmark.csv and efficiency.png
+models/complexity.py. The reference rates are measured at the start of the same run
+(engine.profiling.reference_rates: a 2048^3 GEMM, a oneDNN 3x3 convolution of EDSR-baseline's shape, the
+render-MLP layer on its chosen kernel and the latent-MLP layers; bf16 ones only where the device has native
+bf16) and each decoder's GMAC/s is given as a share of the best float32 one, which the table names.
+--bf16-rows adds, after each LM row, the same row in the bf16 render mode with its golden-case error
+(marked 'emulated' on CPUs without native bf16). Writes benchmark.md, benchmark.csv and efficiency.png
 to --out.
 """
 import argparse
@@ -34,7 +38,7 @@ try:
     import torch  # noqa: E402
 
     import models  # noqa: E402
-    from engine.profiling import count_macs, matmul_rate, peak_memory, time_fn  # noqa: E402
+    from engine.profiling import count_macs, native_bf16, peak_memory, reference_rates, time_fn  # noqa: E402
     from models.complexity import decoder_macs  # noqa: E402
     from utils import validate  # noqa: E402
     from utils.config import load_config  # noqa: E402
@@ -247,8 +251,9 @@ def demo_check(args, scales, rows, device):
     return out
 
 
-def golden_check(args):
-    """Max |diff| of the LM golden cases in the benchmarked render mode (None if ../shared is absent)."""
+def golden_check(args, mode=None):
+    """Max |diff| of the LM golden cases in render mode ``mode`` (default --render-mode; None if ../shared is
+    absent)."""
     from utils.coords import make_cell, make_coord
     folder = args.golden
     if not folder or not os.path.isdir(folder):
@@ -257,7 +262,7 @@ def golden_check(args):
     for name in ('lmliif_edsr', 'lmlte_edsr'):
         case = torch.load(os.path.join(folder, f'{name}.pt'), weights_only=True)
         model = models.make(case['model'], load_sd=True).eval()
-        apply_render_mode(model, args)
+        apply_render_mode(model, args, mode)
         diff = 0.0
         for q in case['queries']:
             H, W = q['size']
@@ -268,10 +273,12 @@ def golden_check(args):
     return worst
 
 
-def apply_render_mode(model, args):
+def apply_render_mode(model, args, mode=None):
+    """Put an LM model in render mode ``mode`` (default --render-mode) with --render-kernel."""
+    mode = mode or args.render_mode
     if model.capabilities.modulated:
-        model.set_render_mode('bfloat16' if args.render_mode == 'bf16' else 'float32',
-                              compile=args.render_mode == 'compile')
+        model.set_render_mode('bfloat16' if mode == 'bf16' else 'float32', compile=mode == 'compile',
+                              kernel=args.render_kernel)
 
 
 def fmt(v, digits=3):
@@ -288,15 +295,24 @@ def fmt(v, digits=3):
     return str(v)
 
 
-def markdown(rows, args, rate, golden, device_name, demo_rows=()):
+def share(rate, refs):
+    """``rate`` (GMAC/s) as a percentage of the best float32 reference rate."""
+    return 100 * rate / refs.best[1]
+
+
+def markdown(rows, args, refs, golden, device_name, demo_rows=()):
     h, w = parse_size(args.input)
+    best, best_rate = refs.best
     lines = [f'Input {w}x{h}, device {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
-             f'render mode {args.render_mode}; matrix-product rate measured {rate:.1f} GMAC/s.', '',
+             f'render mode {args.render_mode}. Reference rates measured at the start of this run (medians); every '
+             f'share is of the best float32 one, **{best}** ({refs.describe(best)}): {best_rate:.1f} GMAC/s. '
+             f'bf16: {refs.bf16_note}.', '', *refs.lines(), '',
              '| model | scale | output | enc params | dec params | enc GMACs | dec GMACs (counted) | dec GMACs '
-             '(closed form) | enc s | dec s | dec GMAC/s (% of matmul) | peak MB | note |',
+             f'(closed form) | enc s | dec s | dec GMAC/s (% of {best}) | peak MB | note |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        rate_s = '—' if r.get('dec_gmac_per_s') is None else f"{r['dec_gmac_per_s']:.1f} ({100 * r['dec_gmac_per_s'] / rate:.0f}%)"
+        rate_s = '—' if r.get('dec_gmac_per_s') is None else \
+            f"{r['dec_gmac_per_s']:.1f} ({share(r['dec_gmac_per_s'], refs):.0f}%)"
         note = r.get('note', '')
         if r.get('rendered_fraction') is not None:
             frac = r['rendered_fraction']
@@ -379,6 +395,12 @@ def build_parser():
                    help='queries per decoder chunk for implicit models (default: each model\'s eval_bsize)')
     p.add_argument('--render-mode', choices=['float32', 'compile', 'bf16'], default='float32',
                    help='LM render path: default float32, torch.compile, or bfloat16')
+    p.add_argument('--render-kernel', choices=['auto', 'mm', 'linear', 'onednn', 'conv1x1'], default='auto',
+                   help="LM render MLP's hidden-layer product (models/decoders/render_kernels.py; default auto: the "
+                        'fastest measured on the device)')
+    p.add_argument('--bf16-rows', action='store_true',
+                   help='after each LM row, the same row in the bf16 render mode with its golden-case error '
+                        "(marked 'emulated' where the device has no native bf16)")
     p.add_argument('--lmliif-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif.pth'))
     p.add_argument('--lmliif-cmsr', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif_cmsr.yaml'))
     p.add_argument('--lmlte-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-lte.pth'))
@@ -436,8 +458,11 @@ def check_memory(lr, scales, device, args):
 
 
 def run_rows(args, lr, scales, device):
-    """The benchmark rows of every model and scale (plus the ONNX rows with ``--onnx``)."""
+    """The benchmark rows of every model and scale (plus the ONNX rows with ``--onnx`` and the bf16 rows of
+    LM models with ``--bf16-rows``)."""
     rows = []
+    bf16_golden = golden_check(args, 'bf16') if args.bf16_rows else None
+    bf16_note = 'bf16 render' + ('' if native_bf16(device)[0] else ' emulated (no native bf16)')
     for name in args.models.split(','):
         model, kind = build(name.strip(), args)
         if model is None and kind != 'subpixel':
@@ -454,12 +479,30 @@ def run_rows(args, lr, scales, device):
             rows.append(row)
             print(f"{name:>12s} x{s:<3d} dec {fmt(row.get('dec_gmacs'))} GMACs, {fmt(row.get('dec_s'))} s "
                   f"{row.get('note', '')} ({time.perf_counter() - t:.0f}s)", flush=True)
+            if args.bf16_rows and model is not None and model.capabilities.modulated and args.render_mode != 'bf16' \
+                    and row.get('total_s') is not None:
+                rows.append(bf16_row(name, model, kind, s, lr, args, device, bf16_note, bf16_golden))
             if args.onnx and kind != 'subpixel' and not name.endswith('+cmsr'):
                 from engine.export import benchmark_row
                 orow = benchmark_row(name, model, s, lr, args.repeats, args.warmup)
                 rows.append(orow)
                 print(f"{orow['model']:>12s} x{s:<3d} {orow['note']}", flush=True)
     return rows
+
+
+def bf16_row(name, model, kind, scale, lr, args, device, note, golden):
+    """The row of ``name`` at ``scale`` in the bf16 render mode (the model is put back in --render-mode after)."""
+    apply_render_mode(model, args, 'bf16')
+    try:
+        row = measure(f'{name} bf16', model, kind, scale, lr, args, device, None)
+    finally:
+        apply_render_mode(model, args)
+    base = name.split('+cmsr')[0]
+    err = (golden or {}).get({'lmliif': 'lmliif_edsr', 'lmlte': 'lmlte_edsr'}.get(base))
+    row['note'] = ' '.join(filter(None, [row.get('note'), note,
+                                         None if err is None else f'(golden max |diff| {err:.1e})']))
+    print(f"{row['model']:>12s} x{scale:<3d} dec {fmt(row.get('dec_s'))} s {row['note']}", flush=True)
+    return row
 
 
 def write_outputs(out, text, rows, lr, device_name):
@@ -489,13 +532,13 @@ def _main(argv=None):
     lr, scales, device, out = check_options(args, parser)
     device_name = torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'
     torch.manual_seed(0)
-    rate = matmul_rate(device)
-    print(f'matrix-product rate: {rate:.1f} GMAC/s ({device_name})', flush=True)
+    refs = reference_rates(device)
+    print('\n'.join(refs.lines()), flush=True)
     rows = run_rows(args, lr, scales, device)
     demo_rows = demo_check(args, scales, rows, device) if args.demo else ()
     for s, demo_s, bench_s in demo_rows:
         print(f'demo.py --scale {s}: model {demo_s:.3f} s vs benchmark enc + dec {bench_s:.3f} s', flush=True)
-    text = markdown(rows, args, rate, golden_check(args), device_name, demo_rows)
+    text = markdown(rows, args, refs, golden_check(args), device_name, demo_rows)
     print('\n' + text)
     created = not os.path.exists(out)
     try:

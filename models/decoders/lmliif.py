@@ -29,6 +29,7 @@ from ..complexity import linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, State, blend, flat_index, gather, pixel_table
 from .mlp import MLP
+from . import render_kernels
 
 
 def _cache_bytes(level):
@@ -125,6 +126,7 @@ class LMDecoder(ImplicitDecoder):
         # cmsr_spec / mixed_le: present in published configs and checkpoints (docs/deviations.md, B2, B3); CMSR tables
         # are an argument of the engine's CMSR strategy, never model state.
         self.render_dtype = torch.float32
+        self.render_kernel = 'auto'
         self._compiled_query = None
 
     def preferred_chunk(self):
@@ -218,21 +220,38 @@ class LMDecoder(ImplicitDecoder):
             raise ValueError('LM models need the query cell to compute modulations')
         return grid.relative_cell(cell[:, 0, :])
 
-    def set_render_mode(self, precision='float32', compile=False):
+    #: ``set_render_mode`` precision names (``'bf16'`` is the command-line spelling of ``'bfloat16'``)
+    RENDER_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
+                     'float16': torch.float16}
+
+    def set_render_mode(self, precision='float32', compile=False, kernel='auto'):
         """Options of the eval render (the fast path); they do not affect training.
 
-        precision: 'float32' (default, reproduces the published outputs), or 'bfloat16' / 'float16':
-            modulation tables, latents and the render MLP run in that type (geometry is computed in
-            float32 first); errors are about 1e-2 in the normalised output (see README benchmarks).
+        precision: 'float32' (default, reproduces the published outputs), or 'bfloat16' (= 'bf16') /
+            'float16': modulation tables, latents and the render MLP run in that type (geometry is computed
+            in float32 first; the blend and the output are float32); errors of bf16 on the golden cases are
+            about 1e-3 in the normalised output (README, Efficiency). On CPUs without native bf16
+            (``engine.profiling.native_bf16``) it works, emulated, and is slower than float32.
         compile: run the per-chunk render through ``torch.compile`` (inductor fuses the gathers and
             element-wise work; compiling takes several seconds once, outputs change by ~1e-7).
+        kernel: the hidden layers' product in the grid path (``render_kernels``): 'auto' (default: the
+            fastest measured once per process on the device) or 'mm', 'linear', 'onednn', 'conv1x1'.
         """
-        dtypes = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
-        if precision not in dtypes:
-            raise ValueError(f"precision must be one of {', '.join(dtypes)}, got {precision!r}")
-        self.render_dtype = dtypes[precision]
+        if precision not in self.RENDER_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(self.RENDER_DTYPES)}, got {precision!r}")
+        self.render_kernel = kernel if kernel == 'auto' else render_kernels.check(kernel)
+        self.render_dtype = self.RENDER_DTYPES[precision]
         self._compiled_query = torch.compile(self.query_fast, dynamic=True) if compile else None
         return self
+
+    def render_product(self, device, dtype):
+        """The grid path's hidden-layer product kernel ``(x, wt, out) -> x @ wt`` (``render_kernels``)."""
+        name = self.render_kernel
+        if name == 'auto':
+            name = render_kernels.choose(torch.device(device).type, dtype, self.imnet.hidden_dim)
+        elif not render_kernels.runs_on(name, torch.device(device).type, dtype, self.imnet.hidden_dim):
+            raise ValueError(f'render kernel {name!r} does not run on {torch.device(device).type} in {dtype}')
+        return render_kernels.KERNELS[name]
 
     def table(self, state, name):
         """A per-pixel table of the state in the render precision (cast once per image)."""
@@ -344,8 +363,9 @@ class LMDecoder(ImplicitDecoder):
         """The render MLP on a band of K x G x r x W queries -> predictions (K, c_out, G r, W), float32.
 
         One neighbour at a time (its activations, G r W x hd, stay in cache through all layers), one
-        dense product per hidden layer; the modulations of each (group, column) pixel are gathered once
-        and broadcast over the group's r rows; modulation and ReLU run in place on two buffers. With
+        dense product per hidden layer (``render_product``: the kernel chosen for the device); the
+        modulations of each (group, column) pixel are gathered once and broadcast over the group's r rows;
+        modulation and ReLU run in place on two buffers. With
         ``linear_layer0``, layer 0 and its modulation are one broadcast product:
         ``(base + y w_y) s + t = (base s + t) + y (w_y s)``, with ``base`` the per-pixel table plus the
         column and cell terms.
@@ -374,6 +394,7 @@ class LMDecoder(ImplicitDecoder):
         c4 = p['out_weight'].shape[0]
         out = ry.new_empty(K, c4, N)
         x, y = ry.new_empty(N, hd), ry.new_empty(N, hd)
+        product = p['product']
         for k in range(K):
             if self.linear_layer0:
                 torch.addcmul(base[k], ry[k].view(G, r, 1, 1), wy[k], out=x.view(full))
@@ -383,7 +404,7 @@ class LMDecoder(ImplicitDecoder):
             x.clamp_min_(0)
             idx = pix[k].reshape(-1)
             for layer in range(1, self.imnet.hidden_depth):
-                torch.mm(x, p['weight'][layer], out=y)
+                y = product(x, p['weight'][layer], y)      # y itself, or a new tensor: x becomes the spare
                 x, y = y, x
                 s, t = (None if tab is None else tab.index_select(0, idx).view(small)
                         for tab in (p['scale'][layer], p['shift'][layer]))
@@ -426,7 +447,7 @@ class LMDecoder(ImplicitDecoder):
         out_weight = last.weight.new_zeros(c4, hd)
         out_weight[:last.out_features] = last.weight
         params = dict(dtype=dt, scale=scales, shift=shifts, weight=weights, out_weight=out_weight.to(dt),
-                      out_bias=last.bias.to(dt))
+                      out_bias=last.bias.to(dt), product=self.render_product(mod.device, dt))
         if self.linear_layer0:
             params['layer0'] = self.layer0_rel_weights(state, dt)
         state[key] = params

@@ -2,7 +2,7 @@
 from torch import nn
 
 from ..registry import register
-from .common import MeanShift, SubPixelUpsampler, conv3x3
+from .common import MeanShift, SubPixelUpsampler, channels_last_call, conv3x3, cpu_inference
 
 
 class ResBlock(nn.Module):
@@ -42,7 +42,12 @@ class EDSR(nn.Module):
             self.out_dim = 3
             self.tail = nn.Sequential(SubPixelUpsampler(scale, n_feats), conv3x3(n_feats, 3, kernel_size))
 
+    #: CPU inference in channels-last layout (``common.channels_last_call``); False: the NCHW path
+    channels_last = True
+
     def forward(self, x):
+        if self.channels_last and cpu_inference(self, x):
+            return channels_last_call(self, x)
         x = self.head(x)
         res = self.body(x) + x
         return res if self.no_upsampling else self.tail(res)

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from ..registry import register
+from .common import channels_last_call, cpu_inference
 
 RDN_CONFIGS = {'A': (20, 6, 32), 'B': (16, 8, 64)}  # (D blocks, C convs per block, G growth)
 
@@ -77,7 +78,12 @@ class RDN(RDNTrunk):
         else:
             raise ValueError(f'RDN upsampling supports scales 2, 3, 4, got {scale!r}')
 
+    #: CPU inference in channels-last layout (``common.channels_last_call``); False: the NCHW path
+    channels_last = True
+
     def forward(self, x):
+        if self.channels_last and cpu_inference(self, x):
+            return channels_last_call(self, x)
         x = self.trunk(x)
         return x if self.no_upsampling else self.UPNet(x)
 
