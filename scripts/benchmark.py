@@ -395,9 +395,9 @@ def build_parser():
                    help='queries per decoder chunk for implicit models (default: each model\'s eval_bsize)')
     p.add_argument('--render-mode', choices=['float32', 'compile', 'bf16'], default='float32',
                    help='LM render path: default float32, torch.compile, or bfloat16')
-    p.add_argument('--render-kernel', choices=['auto', 'mm', 'linear', 'onednn', 'conv1x1'], default='auto',
-                   help="LM render MLP's hidden-layer product (models/decoders/render_kernels.py; default auto: the "
-                        'fastest measured on the device)')
+    p.add_argument('--render-kernel', choices=['auto', 'mm', 'linear', 'onednn', 'conv1x1'], default='mm',
+                   help="LM render MLP's hidden-layer product (models/decoders/render_kernels.py; default mm, what "
+                        'demo.py and test.py use; auto: the fastest measured on the device)')
     p.add_argument('--bf16-rows', action='store_true',
                    help='after each LM row, the same row in the bf16 render mode with its golden-case error '
                         "(marked 'emulated' where the device has no native bf16)")
