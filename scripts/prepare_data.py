@@ -414,28 +414,22 @@ def main(argv=None):
     p.add_argument('--scales', default='2,3,4', help='--make-lr: integer scales (default 2,3,4)')
     p.add_argument('--overwrite', action='store_true', help='--make-lr: replace existing LR_bicubic/X{s} folders')
     args = p.parse_args(argv)
-    if args.make_lr:
-        try:
+    try:
+        if args.make_lr:
             scales = parse_scales(args.scales)
             for root in args.make_lr:                  # every root checked before anything is written
                 lr_plan(root, scales, args.overwrite)
             done = [d for root in args.make_lr for d in make_lr(root, scales, args.overwrite, args.quiet)]
-        except (PrepareError, OSError) as e:
-            print(f'prepare_data.py: error: {" ".join(str(e).split())}', file=sys.stderr)
-            return 1
-        for d in done:
-            print('ready:', d)
-        return 0
-    try:
-        done = prepare(args.root, args.only, args.from_dir, {'div2k': args.div2k_url, 'benchmark': args.benchmark_url},
-                       args.quiet, keep_archives=not args.delete_archives)
+        else:
+            done = prepare(args.root, args.only, args.from_dir,
+                           {'div2k': args.div2k_url, 'benchmark': args.benchmark_url}, args.quiet,
+                           keep_archives=not args.delete_archives)
     except (PrepareError, OSError) as e:
         print(f'prepare_data.py: error: {" ".join(str(e).split())}', file=sys.stderr)
         return 1
     for d in done:
         print('ready:', d)
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(main())
