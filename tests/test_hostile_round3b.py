@@ -395,7 +395,9 @@ def test_benchmark_failure_leaves_no_output_folder(tmp_path, capsys, monkeypatch
     if existed:
         out.mkdir()
         (out / 'old.md').write_text('kept')
-    monkeypatch.setattr(benchmark, 'matmul_rate', lambda device: 1.0)
+    from engine.profiling import ReferenceRates
+    monkeypatch.setattr(benchmark, 'reference_rates',
+                        lambda device: ReferenceRates({'gemm': 1.0}, {}, False, 'not measured (test)'))
 
     def fail(*a, **k):
         raise ValueError('a row failed')
