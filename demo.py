@@ -73,7 +73,8 @@ def target_size(args, h, w, source=None, remark=True):
         size, note_text = fit_size((h, w), size_text(args.size, '--size'), keep_aspect=args.keep_aspect)
         if note_text and remark and not args.quiet:
             note(note_text + (f' ({source})' if source else ''), 'demo.py')
-        return output_size((h, w), size=size)
+        label = f'--size {args.size} --keep-aspect (fitted: {size[1]}x{size[0]})' if args.keep_aspect else None
+        return output_size((h, w), size=size, size_label=label)
     try:
         scale = parse_scale(args.scale)
     except ValueError as e:

@@ -203,16 +203,16 @@ def fit_size(in_size, box, keep_aspect=False, name='--size'):
                       f'({show_size(fit)})')
 
 
-def output_size(in_size, scale=None, size=None, scale_text=None):
+def output_size(in_size, scale=None, size=None, scale_text=None, size_label=None):
     """Target (H, W) of an upscale of ``in_size`` (h, w) by ``scale`` (sy, sx) or to ``size`` (H, W).
 
-    Refuses targets that are not larger than the input (naming --scale or --size, whichever was given)
-    and sides beyond ``MAX_SIDE``.
+    Refuses targets that are not larger than the input (naming --scale or --size, whichever was given, or
+    ``size_label`` when the size was derived from what the user typed) and sides beyond ``MAX_SIDE``.
     """
     h, w = in_size
     if size is not None:
         H, W = size
-        label = f'--size {W}x{H}'
+        label = size_label or f'--size {W}x{H}'
     else:
         sy, sx = scale
         label = f'--scale {scale_text if scale_text is not None else f"{sy:g},{sx:g}"}'
