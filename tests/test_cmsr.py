@@ -180,9 +180,11 @@ def test_odd_levels_avoid_the_last_lr_centres(monkeypatch):
 def test_cmsr_has_no_border_artefacts_on_the_whole_demo_image(S):
     model, tables, x = demo_border_case()
     border, interior = border_and_interior(model, tables, x, S, exact_grid=True)
-    assert border <= interior, (border, interior)       # measured 6 vs 22 (x8), 2 vs 7 (x12)
-    border_pub, interior_pub = border_and_interior(model, tables, x, S, exact_grid=False)
-    assert border_pub > interior_pub, (border_pub, interior_pub)   # measured 43 vs 22 (x8), 45 vs 10 (x12)
+    assert border <= interior, (border, interior)       # bundled model of 2026-12-03: 8 vs 24 (x8), 2 vs 4 (x12)
+    border_pub, _ = border_and_interior(model, tables, x, S, exact_grid=False)
+    # the published level grid (shifted by half a pixel of each level) is off everywhere, most along the border:
+    # 49 (x8) and 51 (x12) levels there
+    assert border_pub > 4 * border, (border_pub, border)
 
 
 def test_scale_within_training_range_ignores_cmsr():
