@@ -24,7 +24,7 @@ if not __package__:
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from engine.cli import choose_device  # noqa: E402
+from engine import cli  # noqa: E402
 from engine.errors import run  # noqa: E402
 from engine.profiling import count_macs, peak_memory, time_fn  # noqa: E402
 from models.zoo import PUBLISHED_OPTIONS  # noqa: E402
@@ -47,10 +47,10 @@ def parse_args(argv=None):
     p.add_argument('--scale', type=int, default=4, help='integer scale (default 4)')
     p.add_argument('--repeats', type=int, default=1, help='timed runs per row (default 1)')
     p.add_argument('--warmup', type=int, default=0, help='untimed runs before timing (default 0)')
-    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice)')
     p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or mps (default cpu)')
     p.add_argument('--no-time', action='store_true', help='count parameters and MACs only')
     p.add_argument('--out', default='outputs/zoo_benchmark', help='folder for zoo_benchmark.md / .csv')
+    cli.add_threads_arg(p)
     return p.parse_args(argv)
 
 
@@ -64,13 +64,9 @@ def check_args(args):
     if w * h > MAX_PIXELS:
         raise validate.InputError(f'--input {w}x{h}: more than {MAX_PIXELS} pixels; this benchmark is for '
                                  f'representative sizes')
-    if not 2 <= args.scale <= 8:
-        raise validate.InputError(f'--scale {args.scale}: the published models train x2 to x4 (x8 for S8); use 2-8')
-    for flag in ('repeats', 'warmup'):
-        if not 0 <= getattr(args, flag) <= 100 or (flag == 'repeats' and args.repeats < 1):
-            raise validate.InputError(f'--{flag} {getattr(args, flag)}: use 1-100 (warmup 0-100)')
-    if args.threads is not None and args.threads < 1:
-        raise validate.InputError(f'--threads {args.threads}: must be at least 1')
+    validate.integer(args.scale, '--scale (the published models are x2-x4, x8 for S8)', 2, 8)
+    validate.integer(args.repeats, '--repeats', 1, 100)
+    validate.integer(args.warmup, '--warmup', 0, 100)
     return archs, (h, w)
 
 
@@ -83,7 +79,6 @@ def measure(row, size, args):
     macs = count_macs(lambda: meta_model(torch.zeros(1, 3, h, w, device='meta'), args.scale))
     result = {'row': row, 'arch': arch, 'params': sum(p.numel() for p in meta_model.parameters()),
               'gmacs': macs / 1e9, 'seconds': None, 'peak_mb': None, 'forward': meta_model.TEST_FORWARD}
-    del meta_model
     if args.no_time:
         return result
     model = models.make(spec).eval().requires_grad_(False).to(args.device)
@@ -103,9 +98,8 @@ def fmt(v, spec):
 def main(argv=None):
     args = parse_args(argv)
     archs, size = check_args(args)
-    args.device = str(choose_device(args.device, script='zoo_benchmark.py'))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.device = str(cli.choose_device(args.device, script='zoo_benchmark.py'))
+    cli.apply_threads(args)
     h, w = size
     header = (f'IGConv zoo, x{args.scale} on a {w}x{h} input, {args.device}, {torch.get_num_threads()} thread(s), '
               f'torch {torch.__version__}, {time.strftime("%Y-%m-%d")}, load average at start {os.getloadavg()[0]:.1f} '

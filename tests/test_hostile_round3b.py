@@ -516,3 +516,23 @@ def test_opt_values_are_bounded(world, capsys, opt, words):
                                               '--results-dir', world['root'] / 'results', '--opt', opt],
                    *words, watch=(world['root'],), script='test.py')
     assert len(line) < 400 and time.perf_counter() - t < 10
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/zoo_benchmark: every flag's bad value is one line, exit 1, before any model is built
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('extra,words', [
+    (['--archs', 'NotAModel'], ['--archs', 'NotAModel']),
+    (['--archs', ','], ['--archs', '(empty)']),
+    (['--input', '1920x0'], ['--input']),
+    (['--input', '4000x3000'], ['--input 4000x3000', 'pixels']),
+    (['--scale', '1'], ['--scale']),
+    (['--scale', '30'], ['--scale']),
+    (['--repeats', '0'], ['--repeats']),
+    (['--warmup', '1000'], ['--warmup']),
+])
+def test_zoo_benchmark_refuses_bad_values(tmp_path, capsys, extra, words):
+    from engine.errors import run
+    from scripts import zoo_benchmark
+    refused(capsys, lambda argv: run(zoo_benchmark.main, argv, 'zoo_benchmark.py'), ['--out', tmp_path / 'zoo', '--no-time', *extra], *words,
+            watch=(tmp_path,), script='zoo_benchmark.py')
