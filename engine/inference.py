@@ -43,12 +43,12 @@ def exact_overlap(model):
 
 def repo_relative(path):
     """``path`` if it exists (or is absolute, or is not in the repository either), else ``REPO_ROOT/path``:
-    data folders of bundled configs (``load/...``) from any working directory. Never raises."""
-    path = os.fspath(path)
-    if os.path.isabs(path) or not path or os.path.exists(path):
-        return path
-    candidate = os.path.join(REPO_ROOT, path)
-    return candidate if os.path.exists(candidate) else path
+    data folders of bundled configs (``load/...``) from any working directory (``resolve_path`` without the
+    error). Never raises."""
+    try:
+        return resolve_path(path)
+    except CLIError:
+        return os.fspath(path)
 
 
 def resolve_path(path, what='file', search_dirs=()):
