@@ -7,15 +7,25 @@ stop every rank (the others would otherwise wait forever at the next collective)
 (``test.py``, ``init_cmsr.py``) shards images with ``Shard`` (every ``world``-th item) and gathers per-image
 results on every rank with ``gather``.
 
-Teardown: a process that exits with its gloo group still alive can abort at interpreter exit ("terminate
-called without an active exception", SIGABRT: gloo's worker threads are still joinable when the C++ objects
-are destroyed). Every group is therefore started by ``start_group``, which registers ``close_group`` with
-``atexit``, and ``engine.errors.run`` closes it as soon as the script's ``main`` returns or raises.
+Teardown: a process whose gloo group is still alive when the interpreter finalises can abort (SIGABRT,
+"terminate called without an active exception"): a backend worker thread that releases a finished
+collective's tensor needs the GIL to drop its Python object, and a thread asking for the GIL during
+finalisation is unwound through a ``noexcept`` destructor (seen in a core dump: ``ProcessGroupGloo::runLoop``
+-> ``~AsyncAllreduceWork`` -> ``decref_pyobject`` -> ``take_gil`` -> ``pthread_exit`` -> ``std::terminate``).
+Destroying the group does not help once ``DistributedDataParallel`` has wrapped a model: torch keeps a C++
+reference to the group, so its threads outlive ``destroy_process_group`` and ``gc.collect``. Every group is
+therefore started by ``start_group``; ``engine.errors.run`` calls ``finish`` when the script's ``main`` has
+returned: every rank meets at a barrier (after a success only, so that a failing rank never waits for a peer
+that is stuck in another collective), the group is destroyed and a process that started a group leaves with
+``os._exit`` once its output is flushed, skipping the finalisation the worker threads could race with
+(``main`` has closed its files: checkpoints are written atomically, logs and TensorBoard writers closed).
 Collectives (``agree``, ``gather``) that fail because a peer has left raise ``PeerFailed`` (one line) instead
 of the backend's multi-line error.
 """
 import atexit
+import gc
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,27 +38,54 @@ class PeerFailed(RuntimeError):
 
 PEER_MESSAGE = 'another process of the torchrun group failed (see its error)'
 _closer_registered = False
+_started_here = False
 
 
 def start_group(backend):
-    """Initialise the default process group (torchrun's environment) once; ``close_group`` runs at exit."""
-    global _closer_registered
+    """Initialise the default process group (torchrun's environment) once; ``close_group`` runs at exit and
+    ``finish`` ends the process."""
+    global _closer_registered, _started_here
     if dist.is_initialized():
         return
     dist.init_process_group(backend)
+    _started_here = True
     if not _closer_registered:
         atexit.register(close_group)
         _closer_registered = True
 
 
-def close_group():
-    """Destroy the default process group if there is one (idempotent; a no-op without torchrun). Joins the
-    backend's threads while the interpreter is fully alive; nothing further is sent to the other processes."""
-    if dist.is_available() and dist.is_initialized():
+def close_group(synchronise=False):
+    """Destroy the default process group if there is one (idempotent; a no-op without torchrun).
+    ``synchronise``: first wait at a barrier until every rank has got here (their collectives complete, no
+    rank leaves while another still talks to it); only after a success, a failing rank must not wait. A peer
+    that has already gone is not waited for (nothing left to release cleanly)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()                # unreachable wrappers (a DataLoader iterator, DDP) release what they hold
+    if synchronise:
         try:
-            dist.destroy_process_group()
-        except Exception:       # noqa: BLE001  (a peer already gone: nothing left to release cleanly)
+            dist.barrier()
+        except Exception:       # noqa: BLE001  (a peer already gone)
             pass
+    try:
+        dist.destroy_process_group()
+    except Exception:           # noqa: BLE001
+        pass
+
+
+def finish(code):
+    """End of a script's ``main`` (exit status ``code``): close the group (synchronised after a success) and,
+    in a process that started one, flush the output and leave with ``os._exit(code)`` (module docstring:
+    finalisation can abort while gloo's threads are alive). Returns ``code`` without a group."""
+    close_group(synchronise=code == 0)
+    if _started_here:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):       # a closed or broken pipe: nothing more to say
+                pass
+        os._exit(code)
+    return code
 
 
 def peer_left(error):

@@ -113,8 +113,23 @@ def run(main, argv=None, script=None):
     """Call ``main(argv)``; report expected errors as ``<script>: error: ...`` and return 1 (130 when
     interrupted by Ctrl-C or SIGTERM; an interrupt's message may say what was kept). Out-of-memory errors name
     the options that reduce memory. Under torchrun every process prints at most one line: the one that failed
-    its own error, the others that a peer failed; the process group is closed before returning."""
-    script = script or script_name()
+    its own error, the others that a peer failed; then ``engine.distributed.finish`` closes the group and
+    ends the process (with the exit status this returns otherwise)."""
+    code = None
+    try:
+        code = _report(main, argv, script or script_name())
+        return code
+    finally:
+        if 'torch.distributed' in sys.modules:
+            from . import distributed
+            if code is None:        # a bug's traceback on its way: no barrier, no early exit
+                distributed.close_group()
+            else:
+                distributed.finish(code)
+
+
+def _report(main, argv, script):
+    """``run`` without the torchrun teardown: the exit status, with expected errors reported in one line."""
     call = _Main(main)
     try:
         return call(argv)
@@ -136,7 +151,4 @@ def run(main, argv=None, script=None):
               f'--bsize or a smaller input/--size; nothing written', file=sys.stderr)
         return 1
     finally:
-        if 'torch.distributed' in sys.modules:     # torchrun: end the process group before the interpreter
-            from .distributed import close_group
-            close_group()
         call.restore()
