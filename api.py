@@ -36,7 +36,8 @@ checkpoints are cached per (path, modification time, size, device): a changed fi
 ``device``: None (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. ``tile``: 'auto' (inputs above
 512x512 with CNN encoders are encoded in exact tiles of 256 LR pixels), None / 0 (off) or a tile size.
 ``threads``: CPU threads for this call (default: ``OMP_NUM_THREADS`` if set, else the policy of every script,
-``utils.resources.default_threads``, computed once per process); torch's setting is restored afterwards.
+``utils.resources.default_threads``, computed once per process), claimed in the machine-wide registry while
+the call runs (runs started meanwhile count them); torch's setting is restored afterwards.
 
 Every error is an ``UpscaleError`` (``engine.errors``; a ValueError) with a one-line message, raised before
 anything is written; requests whose output cannot fit in memory are refused before allocating it.
@@ -52,9 +53,7 @@ import numpy as np
 import torch
 
 from engine.errors import UpscaleError
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-BUNDLED = os.path.join(ROOT, 'save', 'pretrained_models')
+from models.capabilities import SRModel
 
 __all__ = ['upscale', 'load', 'session_for', 'ImageUpscaler', 'UpscaleError']
 
@@ -123,7 +122,7 @@ def session_for(model=None, device=None, tile='auto'):
         if model is None or isinstance(model, (str, os.PathLike)):
             dev = cli.choose_device(device, None, 'api')
             return Session(load(model, dev), dev, tile=tile)
-        if isinstance(model, torch.nn.Module) and hasattr(model, 'capabilities'):
+        if isinstance(model, SRModel):
             return Session(model, None if device is None else cli.choose_device(device, None, 'api'), tile=tile)
         raise UpscaleError(f'upscale: model must be a checkpoint path, "bicubic" or a model of this repository, '
                            f'got {type(model).__name__}')
@@ -225,7 +224,7 @@ def _quantise(x, bit_depth):
 def upscale(image, scale=None, size=None, model=None, *, output=None, device=None, tile='auto', keep_aspect=False,
             threads=None, recursive=False, overwrite=False, progress=True):
     """Upscale ``image`` by ``scale`` or to ``size`` with ``model``; see the module docstring."""
-    from utils.resources import choose_threads
+    from utils.resources import choose_threads, threads_held
     with _translated():
         if (scale is None) == (size is None):
             raise UpscaleError('upscale: give exactly one of scale and size')
@@ -235,8 +234,9 @@ def upscale(image, scale=None, size=None, model=None, *, output=None, device=Non
         before = torch.get_num_threads()
         torch.set_num_threads(n)
         try:
-            return _upscale(image, scale, size, model, output, device, tile, keep_aspect, recursive, overwrite,
-                            progress)
+            with threads_held(n):
+                return _upscale(image, scale, size, model, output, device, tile, keep_aspect, recursive,
+                                overwrite, progress)
         finally:
             torch.set_num_threads(before)
 

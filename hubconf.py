@@ -28,8 +28,7 @@ import os
 
 dependencies = ['torch', 'numpy', 'PIL', 'yaml']
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-_BUNDLED = os.path.join(_ROOT, 'save', 'pretrained_models')
+from engine.inference import BUNDLED_DIR as _BUNDLED, REPO_ROOT as _ROOT  # noqa: E402  (the one root)
 
 #: entry name -> (training config whose model spec builds it, bundled weights stem or None)
 _MODELS = {

@@ -120,7 +120,7 @@ def apply_threads(args):
     """Set torch's thread count from ``--threads`` (or the default policy, ``utils.resources.set_threads``);
     returns the count."""
     from utils.resources import set_threads
-    return set_threads(getattr(args, 'threads', None))
+    return set_threads(args.threads)
 
 
 def cmsr_table_path(cmsr, cmsr_path):
@@ -193,16 +193,15 @@ def add_session_args(parser, window_default, tile_default=None):
 
 
 def session_options(args, script=None):
-    """``Session`` overrides from the flags of ``add_session_args`` (and the CMSR level grid of
-    ``add_cmsr_args``, when the parser has them)."""
+    """``Session`` overrides from the flags of ``add_session_args`` and ``add_cmsr_args`` (a parser of a
+    rendering script has both: ``demo.py``, ``test.py``)."""
     options = dict(window=args.window, tile=args.tile, tile_overlap=args.tile_overlap,
                    max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip,
-                   render_mode=getattr(args, 'render_mode', 'float32'))
-    if hasattr(args, 'cmsr_grid'):
-        if cmsr_table_path(args.cmsr, args.cmsr_path) is not None:
-            options['cmsr_exact_grid'] = cmsr_grid(args.cmsr, args.cmsr_grid, script) == 'exact'
-        elif args.cmsr_grid is not None:
-            raise CLIError(f'--cmsr-grid {args.cmsr_grid} needs --cmsr TABLE.yaml (CMSR is off)')
+                   render_mode=args.render_mode)
+    if cmsr_table_path(args.cmsr, args.cmsr_path) is not None:
+        options['cmsr_exact_grid'] = cmsr_grid(args.cmsr, args.cmsr_grid, script) == 'exact'
+    elif args.cmsr_grid is not None:
+        raise CLIError(f'--cmsr-grid {args.cmsr_grid} needs --cmsr TABLE.yaml (CMSR is off)')
     return options
 
 

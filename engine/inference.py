@@ -27,6 +27,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Where a bare checkpoint name (no folder) is also looked up: relative to the working directory, then to
 #: ``REPO_ROOT`` (the published README runs ``--model edsr-b_lm-liif.pth`` from the repository root).
 MODEL_SEARCH_DIRS = (os.path.join('save', 'pretrained_models'), 'save')
+#: The bundled models and their CMSR tables (``REPO_ROOT/save/pretrained_models``).
+BUNDLED_DIR = os.path.join(REPO_ROOT, 'save', 'pretrained_models')
 #: The model ``demo.py`` and the API use when none is given (relative to ``REPO_ROOT``).
 DEFAULT_MODEL = os.path.join('save', 'pretrained_models', 'edsr-b_lm-liif.safetensors')
 #: ``tile='auto'``: inputs above this many LR pixels are encoded in tiles of ``AUTO_TILE`` (exact tiling only).
@@ -110,7 +112,8 @@ def load_model(path, device='cpu', script=None):
 def check_sr_model(model, where):
     """Refuse a model that cannot upscale (an encoder, an MLP: a building block saved on its own), in one
     line naming what it is, before anything asks it for its ``capabilities``."""
-    if not hasattr(type(model), 'capabilities'):
+    from models.capabilities import SRModel
+    if not isinstance(model, SRModel):
         import models
         name = getattr(model, 'spec', {}).get('name', type(model).__name__)
         raise models.CheckpointError(f'{where} holds a {name!r} model, a building block (encoder or MLP), not a '

@@ -1,15 +1,14 @@
 """Non-learned baselines, registered like models so that test.py and demo.py report them the same way."""
 import torch
-from torch import nn
 
 from utils.imresize import imresize
 
-from .capabilities import Capabilities
+from .capabilities import Capabilities, SRModel
 from .registry import register
 
 
 @register('bicubic')
-class Bicubic(nn.Module):
+class Bicubic(SRModel):
     """MATLAB-style bicubic interpolation (``imresize(lr, [H W], 'bicubic')``) to any output size.
 
     Works on normalised images ((x - 0.5) / 0.5) like every model. With ``quantize`` (default) the LR

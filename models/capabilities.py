@@ -22,7 +22,19 @@ says otherwise):
 import dataclasses
 from typing import Optional, Tuple
 
+from torch import nn
+
 KINDS = ('implicit', 'grid', 'image')
+
+
+class SRModel(nn.Module):
+    """A whole super-resolution model (what the engine renders with), as opposed to a building block (an
+    encoder, an MLP). Subclasses declare ``capabilities`` and implement the protocol its ``kind`` names;
+    ``isinstance(model, SRModel)`` is how the engine and the API tell the two apart."""
+
+    @property
+    def capabilities(self):
+        raise NotImplementedError(f'{type(self).__name__} must declare its capabilities')
 
 
 @dataclasses.dataclass(frozen=True)

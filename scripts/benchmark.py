@@ -46,7 +46,7 @@ try:
 except ImportError as _e:      # e.g. a Python without torch: one line, not a traceback
     sys.exit(f'benchmark.py: error: {_e} (install the requirements: pip install -r requirements.txt)')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from engine.inference import BUNDLED_DIR, REPO_ROOT as ROOT  # noqa: E402  (the one repository root)
 CONFIGS = {
     'liif': 'configs/train-original/train_edsr-baseline-liif.yaml',
     'lte': 'configs/train-original/train_edsr-baseline-lte.yaml',
@@ -59,7 +59,7 @@ CONFIGS = {
 }
 GRID_MODELS = {'igconv': 'igconv-edsr-baseline', 'igconv+': 'igconv-plus-edsr-baseline'}
 DEFAULT_MODELS = 'liif,lmliif,lte,lmlte,metasr,igconv,igconv+,subpixel,lmliif+cmsr,lmlte+cmsr'
-PRETRAINED = os.path.join(ROOT, 'save', 'pretrained_models')
+PRETRAINED = BUNDLED_DIR
 
 
 def parse_size(text):

@@ -18,12 +18,14 @@ def root():
     """The folder that holds the top-level packages (``engine``, ``models``, ...), the four scripts and the
     data an install ships (``save/pretrained_models/``, ``configs/``): the repository root of a checkout
     (also under ``pip install -e .``), site-packages of ``pip install .``."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from engine.inference import REPO_ROOT
+    return REPO_ROOT
 
 
 def bundled(name):
     """Path of a bundled file of ``save/pretrained_models/`` (e.g. ``'edsr-b_lm-liif.pth'``) in :func:`root`."""
-    return os.path.join(root(), 'save', 'pretrained_models', name)
+    from engine.inference import BUNDLED_DIR
+    return os.path.join(BUNDLED_DIR, name)
 
 
 def load_script(name):

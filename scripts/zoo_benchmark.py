@@ -8,9 +8,11 @@ Each row builds the architecture with the ``network_g`` arguments of its publish
 weights: they do not change the cost) and runs its published test-time forward (``model(x, scale)``: plain,
 window padding or 200-pixel tiles) on a random WIDTHxHEIGHT input. MACs are counted on the meta device
 (``FlopCounterMode``: matrix products, convolutions and attention products; MambaIR's selective-scan
-recurrence is element-wise and not counted). Seconds: median of ``--repeats`` runs after ``--warmup``;
-peak memory: the resident-set growth of one run (engine/profiling.py). Writes zoo_benchmark.md and .csv
-to --out.
+recurrence is element-wise and not counted). Seconds: median of ``--repeats`` runs after ``--warmup``
+(the memory run before them warms up too); GMAC/s: counted MACs over those seconds, and its share of the
+machine's best float32 rate measured at the start of the same run (``engine.profiling.reference_rates``:
+a GEMM, a oneDNN convolution and MLP-shaped linears, the fastest named); peak memory: the resident-set
+growth of one run (engine/profiling.py). Writes zoo_benchmark.md and .csv to --out.
 """
 import argparse
 import csv
@@ -26,7 +28,7 @@ import torch  # noqa: E402
 import models  # noqa: E402
 from engine import cli  # noqa: E402
 from engine.errors import run  # noqa: E402
-from engine.profiling import count_macs, peak_memory, time_fn  # noqa: E402
+from engine.profiling import count_macs, peak_memory, reference_rates, time_fn  # noqa: E402
 from models.zoo import PUBLISHED_OPTIONS  # noqa: E402
 from models.zoo.mambair import PUBLISHED_OPTION_FILES as MAMBAIR_FILES  # noqa: E402
 from utils import validate  # noqa: E402
@@ -105,14 +107,24 @@ def main(argv=None):
               f'torch {torch.__version__}, {time.strftime("%Y-%m-%d")}, load average at start {os.getloadavg()[0]:.1f} '
               f'on {os.cpu_count()} cores')
     print(header, flush=True)
-    lines = ['| model | test forward | params (M) | GMACs | seconds | peak memory (MB) |',
-             '| --- | --- | --- | --- | --- | --- |']
+    best = None
+    if not args.no_time:
+        refs = reference_rates(args.device, bf16=False)
+        best = refs.best[1]
+        header += (f'; machine\'s best float32 rate measured now: {best:.1f} GMAC/s ({refs.best[0]}: '
+                   f'{refs.describe(refs.best[0])})')
+        print('\n'.join(refs.lines()), flush=True)
+    lines = ['| model | test forward | params (M) | GMACs | seconds | GMAC/s (share of best) | peak memory (MB) |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
     rows = []
     for row in archs:
         r = measure(row, size, args)
+        r['gmac_per_s'] = None if r['seconds'] is None else r['gmacs'] / r['seconds']
+        r['share_of_best'] = None if best is None or r['gmac_per_s'] is None else r['gmac_per_s'] / best
         rows.append(r)
+        rate = '-' if r['gmac_per_s'] is None else f'{r["gmac_per_s"]:.1f} ({100 * r["share_of_best"]:.0f}%)'
         line = (f'| {row} | {r["forward"]} | {r["params"] / 1e6:.2f} | {r["gmacs"]:.0f} | '
-                f'{fmt(r["seconds"], ".1f")} | {fmt(r["peak_mb"], ".0f")} |')
+                f'{fmt(r["seconds"], ".1f")} | {rate} | {fmt(r["peak_mb"], ".0f")} |')
         lines.append(line)
         print(line, flush=True)
     os.makedirs(args.out, exist_ok=True)

@@ -33,6 +33,22 @@ def load_golden(name):
     return torch.load(need(GOLDEN / f'{name}.pt', f'golden case {name}'), weights_only=True)
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _private_thread_claims(tmp_path_factory):
+    """The thread-claims registry (``utils.resources.claim_threads``) of the tests, theirs alone: runs of this
+    project elsewhere on the machine (a training run) do not change the thread counts tests see."""
+    import tempfile
+    folder = str(tmp_path_factory.mktemp('tmp'))
+    before, env = tempfile.tempdir, os.environ.get('TMPDIR')
+    tempfile.tempdir, os.environ['TMPDIR'] = folder, folder
+    yield
+    tempfile.tempdir = before
+    if env is None:
+        os.environ.pop('TMPDIR', None)
+    else:
+        os.environ['TMPDIR'] = env
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same RNG state, so a random input cannot make a test flaky."""

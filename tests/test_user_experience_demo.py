@@ -60,7 +60,59 @@ def close(a, b):
     (4, 0.0, 8, 1),        # more ranks than cores: 1 each
 ])
 def test_default_thread_policy(cores, load, world, expect):
-    assert resources.default_threads(cores=cores, load=load, local_world=world) == expect
+    assert resources.default_threads(cores=cores, load=load, local_world=world, claimed=0) == expect
+
+
+@pytest.mark.parametrize('cores,load,claimed,expect', [
+    (2, 0.0, 2, 1),        # the second of two runs started together: the first one's claim counts
+    (2, 1.0, 1, 1),        # a training run both runnable and claimed: counted once
+    (8, 0.0, 3, 5),
+    (2, 0.0, 0, 2),
+])
+def test_claimed_threads_count_as_busy(cores, load, claimed, expect):
+    assert resources.default_threads(cores=cores, load=load, local_world=1, claimed=claimed) == expect
+
+
+CLAIMER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from utils import resources
+resources.machine_load = lambda: 0.0          # both runs sample an idle machine at the same instant
+resources.usable_cores = lambda: 2
+print(resources.decide_threads(None), flush=True)
+time.sleep({hold})
+"""
+
+
+def claimer(tmp_path, hold, name='claimer.py'):
+    import subprocess
+    import sys
+    script = tmp_path / name
+    script.write_text(CLAIMER.format(root=str(REPO_ROOT), hold=hold))
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    env.pop('OMP_NUM_THREADS', None)
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_runs_started_together_share_the_cores(tmp_path, monkeypatch):
+    """Two runs started in the same instant on an idle 2-core machine: one takes 2 threads, the other 1 (both
+    took 2 before the claims registry: 4.5x slower each, README "Threads"); a claim ends with its process,
+    also one killed without cleaning up."""
+    import signal
+    monkeypatch.setattr('tempfile.tempdir', str(tmp_path))
+    runs = [claimer(tmp_path, 30), claimer(tmp_path, 30)]
+    counts = sorted(int(p.stdout.readline()) for p in runs)
+    assert counts == [1, 2]
+    assert resources.claimed_threads() == 3                      # seen from a third process
+    for p in runs:
+        p.send_signal(signal.SIGKILL)                            # no atexit: stale claims
+        p.wait()
+    assert resources.claimed_threads() == 0
+    assert not list(tmp_path.glob(f'assr-threads-{os.getuid()}/*.claim'))    # stale files removed
+    done = claimer(tmp_path, 0)
+    assert int(done.stdout.readline()) == 2
+    done.wait()
+    assert not list(tmp_path.glob(f'assr-threads-{os.getuid()}/*.claim'))    # released at exit
 
 
 def test_machine_load_sees_runs_started_together(monkeypatch):
@@ -83,6 +135,7 @@ def test_thread_choice_order_and_flag(monkeypatch):
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
     monkeypatch.setattr(resources, 'usable_cores', lambda: 6)
     monkeypatch.setattr(resources, 'machine_load', lambda: 0.4)
+    monkeypatch.setattr(resources, 'claimed_threads', lambda: 0)
     assert resources.choose_threads(None) == 3
     for bad in (0, -1, 1.5, True, '2'):
         with pytest.raises(ValueError, match='threads'):

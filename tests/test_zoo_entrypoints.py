@@ -107,3 +107,23 @@ def test_zoo_benchmark_counts_the_published_models(tmp_path):
     assert body < per_pixel < 1.05 * body
     light = (gmacs['64x48']['SMFANetIG'] - gmacs['32x24']['SMFANetIG']) * 1e9 / (64 * 48 - 32 * 24)
     assert 0 < light < per_pixel / 20                      # the lightweight model is ~80x cheaper per pixel
+
+
+def test_zoo_benchmark_rates_are_counted_macs_over_seconds(tmp_path, monkeypatch):
+    """The timed columns: GMAC/s is the counted MACs over the measured seconds and its share is of the best
+    reference rate measured in the same run (named in the header)."""
+    import csv
+
+    from engine.profiling import ReferenceRates
+    from scripts import zoo_benchmark
+    monkeypatch.setattr(zoo_benchmark, 'reference_rates',
+                        lambda device, bf16: ReferenceRates({'gemm': 40.0, 'conv3x3': 80.0}, {}, False, 'n/a'))
+    monkeypatch.setattr(zoo_benchmark, 'time_fn', lambda fn, device, repeats, warmup: 0.25)
+    out = tmp_path / 'zoo'
+    assert not zoo_benchmark.main(['--archs', 'SMFANetIG', '--input', '16x12', '--out', str(out), '--threads', '1'])
+    row = next(csv.DictReader(open(out / 'zoo_benchmark.csv')))
+    assert float(row['seconds']) == 0.25
+    assert abs(float(row['gmac_per_s']) - float(row['gmacs']) / 0.25) < 1e-9
+    assert abs(float(row['share_of_best']) - float(row['gmac_per_s']) / 80.0) < 1e-9
+    text = (out / 'zoo_benchmark.md').read_text()
+    assert "machine's best float32 rate measured now: 80.0 GMAC/s (conv3x3" in text

@@ -19,12 +19,11 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from utils.coords import coord_axis, spatial_size, traced_coord_axis
 
 from .. import registry
-from ..capabilities import Capabilities, encoder_traits
+from ..capabilities import Capabilities, SRModel, encoder_traits
 
 ENSEMBLE_OFFSETS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 EPS_SHIFT = 1e-6
@@ -220,7 +219,7 @@ def chunked(fn, coord, cell, bsize, progress=None):
     return torch.cat(outs, dim=1)
 
 
-class ImplicitDecoder(nn.Module):
+class ImplicitDecoder(SRModel):
     """Base class: an encoder plus a decoder that answers continuous queries.
 
     Subclasses implement ``latent_state(inp, feat, grid, cell) -> state`` (the per-image maps computed once

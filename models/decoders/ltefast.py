@@ -20,14 +20,14 @@ from torch import nn
 from utils.coords import make_coord
 
 from .. import registry
-from ..capabilities import Capabilities, encoder_traits
+from ..capabilities import Capabilities, SRModel, encoder_traits
 from ..complexity import conv_macs_per_pixel
 from ..registry import register
 from .implicit import CLAMP, ENSEMBLE_OFFSETS, EPS_SHIFT, LRGrid, flat_index, gather, pixel_table
 
 
 @register('lte-fast')
-class LTEFast(nn.Module):
+class LTEFast(SRModel):
     """Arguments (published): ``encoder_spec``, ``num_layer`` (1x1 conv + ReLU layers, 3),
     ``hidden_dim`` (coef/freq channels, 256), ``out_dim`` (3). Keys: ``encoder.*``, ``coef``, ``freq``,
     ``phase`` (Linear 2 -> hidden_dim/2, no bias), ``layers.{0,2,...,2 num_layer}``."""

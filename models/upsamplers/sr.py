@@ -24,12 +24,11 @@ IGConv models are *fixed-grid*: only integer scales, the same for rows and colum
 import copy
 
 import torch
-from torch import nn
 
 from utils.coords import make_coord, nearest_index, spatial_size
 
 from .. import registry
-from ..capabilities import Capabilities, encoder_traits
+from ..capabilities import Capabilities, SRModel, encoder_traits
 from ..encoders.swinir import SwinIR
 from ..registry import register
 from .igconv import IntegerScaleError, check_integer_scale
@@ -85,7 +84,7 @@ def match_feature_size(encoder, inp, feat):
 
 
 @register('igconv-sr')
-class IGConvSR(nn.Module):
+class IGConvSR(SRModel):
     """Encoder + IGConv (``plus=False``) or IGConv+ (``plus=True``: FGRep on, IGSample skip added).
 
     Args:
@@ -224,7 +223,7 @@ class IGConvSR(nn.Module):
         return InstantiatedIGConvSR(self.encoder, self.upsampler.instantiate(r), skip, r)
 
 
-class InstantiatedIGConvSR(nn.Module):
+class InstantiatedIGConvSR(SRModel):
     """IGConvSR folded at one integer scale (see :meth:`IGConvSR.instantiate`)."""
 
     integer_scales_only = True

@@ -25,9 +25,8 @@ import copy
 import inspect
 
 import torch
-from torch import nn
 
-from ..capabilities import Capabilities
+from ..capabilities import Capabilities, SRModel
 from ..layers.padding import pad_to_multiple
 from ..registry import register
 from ..upsamplers.igconv import IGConv, check_integer_scale
@@ -67,7 +66,7 @@ def _register_alias(alias, cls):
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-class PublishedIGConvSR(nn.Module):
+class PublishedIGConvSR(SRModel):
     """Base of the published architectures: mean shift, encoder, IGConv (+ IGSample), back-shift.
 
     Subclasses set ``UPSAMPLER`` (the published attribute name of the IGConv module) and implement
