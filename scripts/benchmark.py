@@ -184,10 +184,12 @@ def _time_row(row, full, enc, dec, args, device):
     row['peak_mb'] = None if mem is None else mem / 2 ** 20
 
 
-def measure(name, model, kind, scale, lr, args, device, previous):
+def measure(name, model, kind, scale, lr, args, device, previous, label=None):
+    """One row: model ``name`` (its CMSR tables, if a '+cmsr' row) at ``scale``, shown as ``label`` (default
+    ``name``; the bf16 rows add ' bf16')."""
     h, w = lr
     H, W = h * scale, w * scale
-    row = Row(model=name, scale=scale, input=f'{w}x{h}', output=f'{W}x{H}')
+    row = Row(model=label or name, scale=scale, input=f'{w}x{h}', output=f'{W}x{H}')
     inp = torch.randn(1, 3, h, w, device=device)
     if kind == 'subpixel':
         if scale not in (2, 3, 4, 8):
@@ -494,7 +496,7 @@ def bf16_row(name, model, kind, scale, lr, args, device, note, golden):
     """The row of ``name`` at ``scale`` in the bf16 render mode (the model is put back in --render-mode after)."""
     apply_render_mode(model, args, 'bf16')
     try:
-        row = measure(f'{name} bf16', model, kind, scale, lr, args, device, None)
+        row = measure(name, model, kind, scale, lr, args, device, None, label=f'{name} bf16')
     finally:
         apply_render_mode(model, args)
     base = name.split('+cmsr')[0]

@@ -64,6 +64,10 @@ def _main(argv=None):
             raise CLIError(f'--config {c}: no such file')
     if args.published is not None and not os.path.isdir(args.published):
         raise CLIError(f'--published {args.published}: no such folder')
+    if args.out:        # checked now, not after minutes of timing (its folder is created when written)
+        from utils.validate import output_file
+        output_file(args.out, '--out', inputs=args.config, create_parent=True)
+    from engine.profiling import reference_rates
     from engine.train_benchmark import format_table, run_benchmark
     threads = args.threads or torch.get_num_threads()
     results, data_what = run_benchmark(args.config, iters=args.iters, warmup=args.warmup, device=args.device,
@@ -71,9 +75,15 @@ def _main(argv=None):
                                        block=args.block, amp=args.amp, seed=args.seed, images=args.images,
                                        report=lambda m: print(m, file=sys.stderr, flush=True))
     table = format_table(results, args.device, threads, args.workers, data_what, args.iters, args.warmup)
+    torch.set_num_threads(threads)
+    refs = reference_rates(args.device, bf16=False)
+    table += (f"\n\nThe machine's best float32 rate, measured right after the loops with the same thread count: "
+              f"{refs.best[1]:.1f} GMAC/s ({refs.best[0]}: {refs.describe(refs.best[0])}).\n\n"
+              + '\n'.join(refs.lines()))
     print(table)
     if args.out:
         from utils.io import atomic_write
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with atomic_write(args.out, 'w') as f:
             f.write(table + '\n')
     return 0

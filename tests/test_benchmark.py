@@ -59,3 +59,18 @@ def test_benchmark_bf16_rows_and_shares(tmp_path, monkeypatch, golden):
         pytest.skip('golden cases (../shared) absent')
     if golden:          # bf16 error is small but not float32's
         assert 1e-5 < float(err.group(1)) < 1e-2
+
+
+def test_benchmark_bf16_row_of_a_cmsr_model_uses_its_tables(tmp_path, monkeypatch):
+    """The '+cmsr' row's bf16 twin renders with the same Scale2Mod table (it did not: its label, 'lmliif+cmsr
+    bf16', was the key the tables were looked up under, so it rendered everything at full resolution)."""
+    fast = lambda device: profiling.reference_rates(device, repeats=1, names=['render16'])  # noqa: E731
+    monkeypatch.setattr(benchmark, 'reference_rates', fast)
+    assert benchmark.main(['--input', '20x16', '--scales', '12', '--models', 'lmliif+cmsr', '--repeats', '1',
+                           '--warmup', '0', '--bf16-rows', '--golden', str(tmp_path / 'none'),
+                           '--out', str(tmp_path / 'b')]) == 0
+    text = (tmp_path / 'b' / 'benchmark.md').read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'^\| (lmliif\+cmsr(?: bf16)?) \| x12 \|.*$', text, re.M)}
+    assert set(rows) == {'lmliif+cmsr', 'lmliif+cmsr bf16'}
+    fraction = [re.search(r'CMSR rendered fraction ([0-9.]+)', rows[k]) for k in ('lmliif+cmsr', 'lmliif+cmsr bf16')]
+    assert all(fraction) and fraction[0].group(1) == fraction[1].group(1)

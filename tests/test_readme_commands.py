@@ -20,6 +20,7 @@ import os
 import re
 import runpy
 import shlex
+import shutil
 import subprocess
 import sys
 from argparse import ArgumentParser
@@ -365,6 +366,11 @@ def run_for_real(cmd, cwd, tmp, image):
     for i, path, io, joined in cmd.file_args():
         if io == 'in' and args[i - 1] == '--input':
             args[i] = str(image)
+            if path.endswith('/'):          # a folder input (photos/): a tree holding the image
+                folder = tmp / 'input_folder'
+                (folder / 'sub').mkdir(parents=True, exist_ok=True)
+                shutil.copy(image, folder / 'sub' / image.name)
+                args[i] = str(folder) + '/'
     if cmd.kind == 'module':
         pre = ['-m', cmd.target]
         env = dict(ENV, PYTHONPATH=str(ROOT))     # `python -m scripts.x` from elsewhere: the checkout on the path
@@ -392,7 +398,8 @@ def _check_real(cmd, where, tmp_path, image):
     cwd = ROOT if where == 'root' else tmp_path
     out = run_for_real(cmd, cwd, tmp_path, image)
     assert out.returncode == 0, f'{cmd} (from {where}): {out.stderr.strip()}'
-    written = [p for p in tmp_path.iterdir() if p.suffix in ('.png', '.onnx', '.jpg')]
+    written = [p for p in tmp_path.rglob('*') if p.suffix in ('.png', '.onnx', '.jpg')    # folder outputs too
+               and 'input_folder' not in p.relative_to(tmp_path).parts]
     assert written, f'{cmd}: nothing written'
 
 

@@ -7,6 +7,8 @@
   the whole image, builds the full HR coordinate grid (``to_pixel_samples``) and indexes it: the same draws in
   the same order, so the same crop and query distribution as the published wrapper.
 """
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -36,10 +38,19 @@ def test_script_two_iterations_split_adds_up(tmp_path, capsys):
     assert all(np.isfinite(r.losses))
     assert r.samples == pytest.approx(4 * r.its)
     # the command line: a table row for our loop; bad values are one-line errors
+    report = tmp_path / 'new' / 'folder' / 'speed.md'             # a missing folder is created when written
     assert train_benchmark.main(['--config', str(cfg), '--iters', '1', '--warmup', '0', '--threads', '1',
-                                 '--images', '2']) == 0
+                                 '--images', '2', '--out', str(report)]) == 0
     out = capsys.readouterr().out
     assert '| ours |' in out and 'samples/s' in out
+    assert "machine's best float32 rate, measured right after the loops" in out and '| conv3x3' in out
+    assert report.read_text().strip() == out.strip()
+    # --out is checked before any timing: a folder, or a file under a file, is refused at once
+    t = time.perf_counter()
+    assert train_benchmark.main(['--config', str(cfg), '--out', str(tmp_path)]) == 1
+    assert train_benchmark.main(['--config', str(cfg), '--out', str(cfg / 'x.md')]) == 1
+    assert time.perf_counter() - t < 5
+    assert 'is a directory' in capsys.readouterr().err
     assert train_benchmark.main(['--config', str(cfg), '--iters', '0']) == 1
     assert train_benchmark.main(['--config', str(cfg), '--published', str(tmp_path / 'nope')]) == 1
     assert train_benchmark.main(['--config', str(cfg), '--published', str(data)]) == 1      # refused before any run
