@@ -337,6 +337,21 @@ def test_scan_float64_is_exact_and_differentiable():
     assert torch.autograd.gradcheck(f, tensors)
 
 
+def test_scan_on_the_meta_device_forms_shapes_only():
+    """MAC counting and shape inference (meta tensors): the output and last state have the CPU result's shapes
+    and dtypes, and no step of the recurrence runs (the element-wise scan is not counted as MACs)."""
+    b, d, L, n = 2, 6, 5, 4
+    cpu = [torch.randn(b, d, L), torch.randn(b, d, L), -torch.rand(d, n), torch.randn(b, n, L), torch.randn(b, n, L)]
+    want = ss.selective_scan_torch(*cpu, D=torch.randn(d), return_last_state=True)
+    meta = [t.to('meta') for t in cpu]
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        got = ss.selective_scan_torch(*meta, D=torch.randn(d, device='meta'), return_last_state=True)
+    assert [(g.shape, g.dtype, g.device.type) for g in got] == [(w.shape, w.dtype, 'meta') for w in want]
+    assert counter.get_total_flops() == 0
+    assert ss.selective_scan_torch(*meta).shape == (b, d, L)
+
+
 def test_scan_rejects_bad_shapes():
     inp = scan_inputs()
     with pytest.raises(ValueError, match='B must be'):

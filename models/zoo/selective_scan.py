@@ -52,9 +52,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False, block_elements=BLOCK_ELEMENTS):
-    """The selective scan in PyTorch (module docstring: shapes, semantics, complexity)."""
+    """The selective scan in PyTorch (module docstring: shapes, semantics, complexity). On the meta device
+    (shape inference, MAC counting) only the output shapes are formed: the recurrence is element-wise and
+    not counted as MACs, and its L Python-level steps would dominate a count of a large input."""
     b, d, L = _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     n = A.shape[1]
+    if u.device.type == 'meta':
+        y = torch.empty_like(u)
+        return (y, u.new_empty(b, d, n, dtype=torch.promote_types(u.dtype, torch.float32))) \
+            if return_last_state else y
     dtype = torch.promote_types(u.dtype, torch.float32)
     delta = delta.to(dtype)
     if delta_bias is not None:
