@@ -61,7 +61,8 @@ def close_group(synchronise=False):
     that has already gone is not waited for (nothing left to release cleanly)."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    gc.collect()                # unreachable wrappers (a DataLoader iterator, DDP) release what they hold
+    gc.collect()                # unreachable DataLoader iterators shut their worker processes down now, before
+                                # finish's os._exit skips the interpreter's own clean-up
     if synchronise:
         try:
             dist.barrier()

@@ -421,3 +421,18 @@ def test_test_py_from_another_directory(tmp_path, monkeypatch, capsys):
     assert test_script.main(['--config', 'configs/test/set5-x2.yaml', '--model', 'bicubic', '--quiet',
                              '--results-dir', 'res', *opts]) == 0
     assert 'PSNR 33.67' in capsys.readouterr().out and (tmp_path / 'res').is_dir()   # the classic 33.66 dB
+
+
+def test_claims_register_one_exit_handler(tmp_path, monkeypatch):
+    """The API claims threads on every call: the claim file comes and goes each time, and the handler that
+    removes it at exit is registered once per process, not once per call."""
+    monkeypatch.setattr('tempfile.tempdir', str(tmp_path))
+    monkeypatch.setattr(resources, '_release_registered', False)
+    registered = []
+    monkeypatch.setattr(resources.atexit, 'register', registered.append)
+    claims = tmp_path / f'assr-threads-{os.getuid()}'
+    for _ in range(3):
+        with resources.threads_held(2):
+            assert len(list(claims.glob('*.claim'))) == 1
+        assert not list(claims.glob('*.claim'))
+    assert registered == [resources.release_threads]

@@ -2,6 +2,7 @@
 CPU threads a process should use (`default_threads`: the thread policy of every script and the API)."""
 import atexit
 import os
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -125,7 +126,6 @@ def claims_folder():
         st = os.lstat(folder)
     except OSError:
         return None
-    import stat
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
         return None
     return folder
@@ -146,7 +146,7 @@ def _alive(pid, start):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:             # e.g. another user's process: it exists
         pass
     return _process_start(pid) == start
 
@@ -198,6 +198,9 @@ def claimed_threads():
         return 0
 
 
+_release_registered = False
+
+
 def _claim_path(folder):
     return os.path.join(folder, f'{os.getpid()}-{_process_start(os.getpid())}.claim')
 
@@ -216,7 +219,10 @@ def claim_threads(threads):
         os.replace(path + '.tmp', path)
     except OSError:
         return
-    atexit.register(release_threads)
+    global _release_registered
+    if not _release_registered:            # once per process, not once per claim (the API claims per call)
+        atexit.register(release_threads)
+        _release_registered = True
 
 
 def release_threads():
