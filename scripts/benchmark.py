@@ -59,7 +59,6 @@ CONFIGS = {
 }
 GRID_MODELS = {'igconv': 'igconv-edsr-baseline', 'igconv+': 'igconv-plus-edsr-baseline'}
 DEFAULT_MODELS = 'liif,lmliif,lte,lmlte,metasr,igconv,igconv+,subpixel,lmliif+cmsr,lmlte+cmsr'
-PRETRAINED = BUNDLED_DIR
 
 
 def parse_size(text):
@@ -403,10 +402,10 @@ def build_parser():
     p.add_argument('--bf16-rows', action='store_true',
                    help='after each LM row, the same row in the bf16 render mode with its golden-case error '
                         "(marked 'emulated' where the device has no native bf16)")
-    p.add_argument('--lmliif-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif.pth'))
-    p.add_argument('--lmliif-cmsr', default=os.path.join(PRETRAINED, 'edsr-b_lm-liif_cmsr.yaml'))
-    p.add_argument('--lmlte-checkpoint', default=os.path.join(PRETRAINED, 'edsr-b_lm-lte.pth'))
-    p.add_argument('--lmlte-cmsr', default=os.path.join(PRETRAINED, 'edsr-b_lm-lte_cmsr.yaml'))
+    p.add_argument('--lmliif-checkpoint', default=os.path.join(BUNDLED_DIR, 'edsr-b_lm-liif.pth'))
+    p.add_argument('--lmliif-cmsr', default=os.path.join(BUNDLED_DIR, 'edsr-b_lm-liif_cmsr.yaml'))
+    p.add_argument('--lmlte-checkpoint', default=os.path.join(BUNDLED_DIR, 'edsr-b_lm-lte.pth'))
+    p.add_argument('--lmlte-cmsr', default=os.path.join(BUNDLED_DIR, 'edsr-b_lm-lte_cmsr.yaml'))
     p.add_argument('--golden', default=os.path.join(os.path.dirname(ROOT), 'shared', 'golden'),
                    help='folder of golden cases to re-check in the benchmarked render mode')
     p.add_argument('--out', default=None, help='output folder (default outputs/benchmark/<device>_<input>)')
