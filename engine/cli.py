@@ -25,6 +25,8 @@ STOP_AFTER_ENV = 'ASSR_STOP_AFTER'
 
 TRUE_WORDS = ('true', '1', 'yes', 'on')
 FALSE_WORDS = ('false', '0', 'no', 'off')
+#: --render-kernel choices (``LMDecoder.set_render_mode``'s kernels)
+RENDER_KERNELS = ('auto', 'fused', 'mm', 'linear', 'onednn', 'conv1x1')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,6 +192,11 @@ def add_session_args(parser, window_default, tile_default=None):
                         help="LM models' render MLP precision: float32 (default, the published outputs) or bf16 "
                              '(bfloat16: ~1e-3 from float32; fast on GPUs and CPUs with native bf16, emulated and '
                              'slower elsewhere)')
+    parser.add_argument('--render-kernel', choices=RENDER_KERNELS, default='auto',
+                        help="LM models' render kernel: auto (default: the fused C kernel, built once with the "
+                             "machine's C compiler, where it applies: CPU, float32, render width 16; else mm), "
+                             'fused (refused where it does not apply), or a product kernel for the unfused path '
+                             '(mm, linear, onednn, conv1x1); all agree to ~1e-7')
 
 
 def session_options(args, script=None):
@@ -197,7 +204,7 @@ def session_options(args, script=None):
     rendering script has both: ``demo.py``, ``test.py``)."""
     options = dict(window=args.window, tile=args.tile, tile_overlap=args.tile_overlap,
                    max_train_scale=args.max_train_scale, clip_cells=not args.no_cell_clip,
-                   render_mode=args.render_mode)
+                   render_mode=args.render_mode, render_kernel=args.render_kernel)
     if cmsr_table_path(args.cmsr, args.cmsr_path) is not None:
         options['cmsr_exact_grid'] = cmsr_grid(args.cmsr, args.cmsr_grid, script) == 'exact'
     elif args.cmsr_grid is not None:

@@ -163,6 +163,9 @@ class Session:
         render_mode: 'float32' (default) or 'bf16': the LM render MLP's precision (``set_render_mode``); bf16
             on a model without a modulated render MLP is refused; on a device without native bf16
             (``engine.profiling.native_bf16``) it runs emulated, with one note line.
+        render_kernel: the LM render kernel (``set_render_mode``'s ``kernel``): 'auto' (default: the fused C
+            kernel where it applies, else 'mm'), 'fused', 'mm', 'linear', 'onednn' or 'conv1x1'; ignored for
+            models without a modulated render MLP.
         script: the entry point's name for note lines.
 
     ``stats`` (``engine.render.RenderStats``) accumulates over calls.
@@ -170,7 +173,7 @@ class Session:
 
     def __init__(self, model, device=None, *, window=None, published_window=False, tile=None, tile_overlap=None,
                  chunk=None, clip_cells=True, max_train_scale=None, cmsr=None, cmsr_exact_grid=True,
-                 render_mode='float32', script=None):
+                 render_mode='float32', render_kernel='auto', script=None):
         if device is None:
             device = str(next(iter(model.parameters()), torch.empty(0)).device)
         self.device = device
@@ -190,23 +193,34 @@ class Session:
             raise ValueError(f'the largest training scale must be positive, got {self.max_train_scale!r}')
         self.tables = self._tables(cmsr)
         self.cmsr_exact_grid = bool(cmsr_exact_grid)
-        self.render_mode = self._render_mode(render_mode, script)
+        self.render_mode = self._render_mode(render_mode, render_kernel, script)
         self.stats = _render.RenderStats()
 
-    def _render_mode(self, mode, script):
+    def _render_mode(self, mode, kernel, script):
         if mode not in ('float32', 'bf16'):
             raise ValueError(f"render mode must be 'float32' or 'bf16', got {mode!r}")
         caps = self.model.capabilities
+        if kernel != 'auto' and not caps.modulated:
+            raise ValueError(f'--render-kernel {kernel} applies to LM models (lmliif, lmlte, lmciaosr) only; this is a '
+                             f'{caps.name or type(self.model).__name__} model')
+        if kernel == 'fused' and torch.device(self.device).type != 'cpu':
+            raise ValueError(f"--render-kernel fused runs on the CPU only, not on {self.device} (use 'auto')")
+        if mode == 'bf16' and not caps.modulated:
+            raise ValueError(f'--render-mode bf16 applies to LM models (lmliif, lmlte, lmciaosr) only; this is a '
+                             f'{caps.name or type(self.model).__name__} model')
+        if caps.modulated:          # validates the pair (e.g. 'fused' renders float32 only) before any note
+            self.model.set_render_mode('bfloat16' if mode == 'bf16' else 'float32', kernel=kernel)
+            if kernel == 'auto' and torch.device(self.device).type == 'cpu' and self.model.fused_unsupported() is None:
+                from models.decoders import fused_render
+                built, why = fused_render.status()
+                if not built:
+                    note(f'the fused render kernel is unavailable ({why}); rendering with the unfused path, '
+                         f'several times slower', script)
         if mode == 'bf16':
-            if not caps.modulated:
-                raise ValueError(f'--render-mode bf16 applies to LM models (lmliif, lmlte, lmciaosr) only; this is a '
-                                 f'{caps.name or type(self.model).__name__} model')
             from .profiling import native_bf16
             native, why = native_bf16(self.device)
             if not native:
                 note(f'--render-mode bf16 on {self.device}: {why}, slower than float32', script)
-        if caps.modulated:
-            self.model.set_render_mode('bfloat16' if mode == 'bf16' else 'float32')
         return mode
 
     @classmethod

@@ -38,7 +38,9 @@ try:
     import torch  # noqa: E402
 
     import models  # noqa: E402
+    from engine.cli import RENDER_KERNELS  # noqa: E402
     from engine.profiling import count_macs, native_bf16, peak_memory, reference_rates, time_fn  # noqa: E402
+    from models.decoders import fused_render  # noqa: E402
     from models.complexity import decoder_macs  # noqa: E402
     from utils import validate  # noqa: E402
     from utils.config import load_config  # noqa: E402
@@ -301,11 +303,19 @@ def share(rate, refs):
     return 100 * rate / refs.best[1]
 
 
+def kernel_text(args):
+    """--render-kernel as used on the CPU (what 'auto' resolves to, and why not 'fused' where it does not)."""
+    if args.render_kernel != 'auto':
+        return args.render_kernel
+    ok, why = fused_render.status()
+    return 'auto (fused C kernel for float32 LM rows)' if ok else f'auto (mm: the fused kernel is unavailable: {why})'
+
+
 def markdown(rows, args, refs, golden, device_name, demo_rows=()):
     h, w = parse_size(args.input)
     best, best_rate = refs.best
     lines = [f'Input {w}x{h}, device {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
-             f'render mode {args.render_mode}. Reference rates measured at the start of this run (medians); every '
+             f'render mode {args.render_mode}, render kernel {kernel_text(args)}. Reference rates measured at the start of this run (medians); every '
              f'share is of the best float32 one, **{best}** ({refs.describe(best)}): {best_rate:.1f} GMAC/s. '
              f'bf16: {refs.bf16_note}.', '', *refs.lines(), '',
              '| model | scale | output | enc params | dec params | enc GMACs | dec GMACs (counted) | dec GMACs '
@@ -396,9 +406,9 @@ def build_parser():
                    help='queries per decoder chunk for implicit models (default: each model\'s eval_bsize)')
     p.add_argument('--render-mode', choices=['float32', 'compile', 'bf16'], default='float32',
                    help='LM render path: default float32, torch.compile, or bfloat16')
-    p.add_argument('--render-kernel', choices=['auto', 'mm', 'linear', 'onednn', 'conv1x1'], default='mm',
-                   help="LM render MLP's hidden-layer product (models/decoders/render_kernels.py; default mm, what "
-                        'demo.py and test.py use; auto: the fastest measured on the device)')
+    p.add_argument('--render-kernel', choices=RENDER_KERNELS, default='auto',
+                   help="LM render kernel (default auto, what demo.py and test.py use: the fused C kernel where it "
+                        'applies, else mm; models/decoders/fused_render.py, render_kernels.py)')
     p.add_argument('--bf16-rows', action='store_true',
                    help='after each LM row, the same row in the bf16 render mode with its golden-case error '
                         "(marked 'emulated' where the device has no native bf16)")
@@ -426,6 +436,11 @@ def check_options(args, parser):
     from engine import cli
     cli.apply_threads(args)
     device = cli.choose_device(args.device, None, 'benchmark.py')
+    if args.render_kernel == 'fused' and (args.render_mode != 'float32' or args.bf16_rows):
+        raise validate.InputError('--render-kernel fused renders in float32 only: drop --render-mode '
+                                  f'{args.render_mode}' + (' and --bf16-rows' if args.bf16_rows else '')
+                                  if args.render_mode != 'float32' else
+                                  '--render-kernel fused renders in float32 only: drop --bf16-rows or use auto')
     names = [n.strip() for n in args.models.split(',')]
     known = set(CONFIGS) | set(GRID_MODELS) | {'subpixel'}
     cmsr_rows = {f'{b}+cmsr' for b in CONFIGS if f'--{b}-checkpoint' in parser._option_string_actions}

@@ -49,6 +49,19 @@ def _private_thread_claims(tmp_path_factory):
         os.environ['TMPDIR'] = env
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _private_kernel_cache(tmp_path_factory):
+    """The fused render kernel (``models.decoders.fused_render``) is built once into the tests' own cache, so
+    that every test run builds it from this checkout's source (and the user's cache is left alone)."""
+    before = os.environ.get('ASSR_KERNEL_CACHE')
+    os.environ['ASSR_KERNEL_CACHE'] = str(tmp_path_factory.mktemp('kernels'))
+    yield
+    if before is None:
+        os.environ.pop('ASSR_KERNEL_CACHE', None)
+    else:
+        os.environ['ASSR_KERNEL_CACHE'] = before
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same RNG state, so a random input cannot make a test flaky."""

@@ -82,7 +82,8 @@ def test_pip_install_gives_console_commands_that_upscale_like_demo(tmp_path):
     _install(py, _source_copy(tmp_path / 'src'))
     shutil.rmtree(tmp_path / 'src')                         # the install must not need the sources
     for name in ('engine', 'models', 'datasets', 'utils', 'scripts', 'demo.py', 'test.py', 'api.py',
-                 'save/pretrained_models/edsr-b_lm-liif.pth', 'configs/test/set5-x4.yaml'):
+                 'save/pretrained_models/edsr-b_lm-liif.pth', 'configs/test/set5-x4.yaml',
+                 'models/decoders/fused_render.c'):     # the fused render kernel's source (built on first use)
         assert os.path.exists(os.path.join(site, name)), name
     work = tmp_path / 'elsewhere'
     work.mkdir()

@@ -14,15 +14,18 @@ from utils.coords import make_coord
 
 from .conftest import load_golden
 
-KERNELS = [n for n in render_kernels.KERNELS if render_kernels.runs_on(n, 'cpu', torch.float32)]
+PRODUCTS = [n for n in render_kernels.KERNELS if render_kernels.runs_on(n, 'cpu', torch.float32)]
+#: every render kernel of the grid path: the products, and the fused C kernel (which must build here: a machine
+#: without a C compiler fails these cases rather than skipping them; tests/test_fused_render.py covers its refusals)
+KERNELS = PRODUCTS + ['fused']
 
 
 def test_every_kernel_is_tried_on_the_cpu():
     assert set(render_kernels.CANDIDATES['cpu']) == set(render_kernels.KERNELS)
-    assert 'mm' in KERNELS and render_kernels.choose('cpu', torch.float32, 16) in KERNELS
+    assert 'mm' in PRODUCTS and render_kernels.choose('cpu', torch.float32, 16) in PRODUCTS
 
 
-@pytest.mark.parametrize('kernel', KERNELS)
+@pytest.mark.parametrize('kernel', PRODUCTS)
 @pytest.mark.parametrize('rows, k, n', [(1, 16, 16), (37, 16, 16), (1001, 16, 16), (259, 8, 8), (97, 13, 7)])
 def test_kernel_equals_the_product(kernel, rows, k, n):
     g = torch.Generator().manual_seed(rows + k)

@@ -29,7 +29,7 @@ from ..complexity import linear_macs
 from ..registry import register
 from .implicit import ImplicitDecoder, State, blend, flat_index, gather, pixel_table
 from .mlp import MLP
-from . import render_kernels
+from . import fused_render, render_kernels
 
 
 def _cache_bytes(level):
@@ -126,7 +126,7 @@ class LMDecoder(ImplicitDecoder):
         # cmsr_spec / mixed_le: present in published configs and checkpoints (docs/deviations.md, B2, B3); CMSR tables
         # are an argument of the engine's CMSR strategy, never model state.
         self.render_dtype = torch.float32
-        self.render_kernel = 'mm'
+        self.render_kernel = 'auto'
         self._compiled_query = None
 
     def preferred_chunk(self):
@@ -224,7 +224,7 @@ class LMDecoder(ImplicitDecoder):
     RENDER_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
                      'float16': torch.float16}
 
-    def set_render_mode(self, precision='float32', compile=False, kernel='mm'):
+    def set_render_mode(self, precision='float32', compile=False, kernel='auto'):
         """Options of the eval render (the fast path); they do not affect training.
 
         precision: 'float32' (default, reproduces the published outputs), or 'bfloat16' (= 'bf16') /
@@ -234,24 +234,37 @@ class LMDecoder(ImplicitDecoder):
             (``engine.profiling.native_bf16``) it works, emulated, and is slower than float32.
         compile: run the per-chunk render through ``torch.compile`` (inductor fuses the gathers and
             element-wise work; compiling takes several seconds once, outputs change by ~1e-7).
-        kernel: the hidden layers' product in the grid path (``render_kernels``): 'mm' (default: the same
-            kernel in every process, so that outputs are reproducible bit for bit), 'linear', 'onednn',
-            'conv1x1', or 'auto' (the fastest measured once per process on the device; the kernels differ by
-            float rounding, ~1e-7, and were within a few percent of each other on the CPUs measured).
+        kernel: how the grid path renders: 'auto' (default: 'fused' where it applies, else 'mm'), 'fused'
+            (the whole render MLP and the blend per query in one C kernel, ``fused_render``: CPU, float32;
+            refused with the reason where it does not apply or does not build), or the unfused path with one of
+            the hidden-layer products of ``render_kernels``: 'mm', 'linear', 'onednn', 'conv1x1'. They differ by
+            float rounding, ~1e-7 relative (``tests/test_render_kernels.py``); each is deterministic on a given
+            machine (the same kernel, the same summation order in every process).
         """
         if precision not in self.RENDER_DTYPES:
             raise ValueError(f"precision must be one of {', '.join(self.RENDER_DTYPES)}, got {precision!r}")
-        self.render_kernel = kernel if kernel == 'auto' else render_kernels.check(kernel)
-        self.render_dtype = self.RENDER_DTYPES[precision]
+        if kernel not in ('auto', 'fused'):
+            render_kernels.check(kernel)
+        dtype = self.RENDER_DTYPES[precision]
+        if kernel == 'fused':
+            why = self.fused_unsupported(dtype)
+            if why is None:
+                why = fused_render.status()[1]
+            if why is not None:
+                raise ValueError(f"render kernel 'fused' cannot render this {type(self).__name__}: {why}")
+        self.render_kernel = kernel
+        self.render_dtype = dtype
         self._compiled_query = torch.compile(self.query_fast, dynamic=True) if compile else None
         return self
 
     def render_product(self, device, dtype):
         """The grid path's hidden-layer product kernel ``(x, wt, out) -> x @ wt`` (``render_kernels``)."""
         name = self.render_kernel
-        if name == 'auto':
-            name = render_kernels.choose(torch.device(device).type, dtype, self.imnet.hidden_dim)
-        elif not render_kernels.runs_on(name, torch.device(device).type, dtype, self.imnet.hidden_dim):
+        if name == 'fused':         # grids never reach the product (``uses_fused``)
+            return None
+        if name == 'auto':          # where the fused kernel does not apply
+            name = 'mm'
+        if not render_kernels.runs_on(name, torch.device(device).type, dtype, self.imnet.hidden_dim):
             raise ValueError(f'render kernel {name!r} does not run on {torch.device(device).type} in {dtype}')
         return render_kernels.KERNELS[name]
 
@@ -342,12 +355,16 @@ class LMDecoder(ImplicitDecoder):
         col_pix = torch.stack([cols[b][0] for _, b in combos])                               # (K, W)
         c_out = self.imnet.out_dim
         out = ys.new_empty(B, c_out, n, m)
+        fused = self.uses_fused(ys.device)
         for bi in range(B):
             for r, first, row_idx in row_bands(rows, h):
                 G = first.numel()
                 row_pix = torch.stack([rows[a][0][first] for a, _ in combos])                # (K, G)
                 pix = (row_pix * w + bi * h * w).unsqueeze(-1) + col_pix.unsqueeze(1)         # (K, G, W)
                 ry = torch.stack([rows[a][1][row_idx] for a, _ in combos]).view(K, G, r)     # (K, G, r)
+                if fused:
+                    self.render_band_fused(state, pix, ry, rel_x, rel_cells[bi], out[bi], row_idx)
+                    continue
                 preds = self.render_band(state, pix, ry, rel_x, rel_cells[bi])               # (K, c, G r, W)
                 # local-ensemble blend: each neighbour weighted by the area of the diagonally opposite one
                 area = (ry.view(K, G * r, 1) * rel_x.view(K, 1, m)).abs_().add_(1e-9)          # (K, G r, W)
@@ -359,7 +376,44 @@ class LMDecoder(ImplicitDecoder):
                 if skip is not None:
                     res.add_(skip.permute(2, 0, 1))
                 out[bi].index_copy_(1, row_idx, res)
+            skip = self.skip_grid(state, bi, ys, xs) if fused else None
+            if skip is not None:
+                out[bi].add_(skip.permute(2, 0, 1))
         return out.permute(0, 2, 3, 1)
+
+    def uses_fused(self, device):
+        """Whether ``query_grid`` renders on ``device`` with the fused kernel: kernel 'fused' (refused on other
+        devices), or 'auto' where the kernel applies (CPU, float32, a supported model, and it builds here; else
+        'auto' is 'mm')."""
+        if self.render_kernel == 'fused':
+            if torch.device(device).type != 'cpu':
+                raise ValueError(f"render kernel 'fused' runs on the CPU only; the model is on {device}")
+            return True
+        return (self.render_kernel == 'auto' and torch.device(device).type == 'cpu'
+                and self.fused_unsupported() is None and fused_render.status()[0])
+
+    def layer0_band(self, state, pix, rel_x, rel_cell):
+        """With ``linear_layer0``: layer 0 of a band with its modulation folded in, ``(base, wy)`` (K, G, 1, W, hd)
+        each (``wy`` possibly a broadcast view), such that the pre-activation of the query in row ``rel_y`` is
+        ``base + rel_y wy``: ``(b + y w_y) s + t = (b s + t) + y (w_y s)``, with ``b`` the per-pixel table plus the
+        column and cell terms (``pix``, ``rel_x``, ``rel_cell`` as in ``layer0_grid``)."""
+        p = self.grid_params(state)
+        K, G, m = pix.shape
+        dt = p['dtype']
+        small = (K, G, 1, m, self.imnet.hidden_dim)
+        s0, t0 = (None if tab is None else tab.index_select(0, pix.reshape(-1)).view(small)
+                  for tab in (p['scale'][0], p['shift'][0]))
+        wy, wx, wc = p['layer0']
+        base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(small)
+        base.addcmul_(rel_x.to(dt).view(K, 1, 1, m, 1), wx)
+        if wc is not None:
+            base.add_(torch.mv(wc, rel_cell))
+        if s0 is not None:
+            base = torch.addcmul(t0, base, s0) if t0 is not None else base.mul_(s0)
+            wy = s0 * wy
+        elif t0 is not None:
+            base.add_(t0)
+        return base, wy.expand(small)
 
     def render_band(self, state, pix, rel_y, rel_x, rel_cell):
         """The render MLP on a band of K x G x r x W queries -> predictions (K, c_out, G r, W), float32.
@@ -367,10 +421,8 @@ class LMDecoder(ImplicitDecoder):
         One neighbour at a time (its activations, G r W x hd, stay in cache through all layers), one
         dense product per hidden layer (``render_product``: the kernel chosen for the device); the
         modulations of each (group, column) pixel are gathered once and broadcast over the group's r rows;
-        modulation and ReLU run in place on two buffers. With
-        ``linear_layer0``, layer 0 and its modulation are one broadcast product:
-        ``(base + y w_y) s + t = (base s + t) + y (w_y s)``, with ``base`` the per-pixel table plus the
-        column and cell terms.
+        modulation and ReLU run in place on two buffers. With ``linear_layer0``, layer 0 and its modulation
+        are one broadcast product (``layer0_band``).
         """
         p = self.grid_params(state)
         K, G, r = rel_y.shape
@@ -378,20 +430,11 @@ class LMDecoder(ImplicitDecoder):
         hd, dt = self.imnet.hidden_dim, p['dtype']
         full, small = (G, r, m, hd), (G, 1, m, hd)
         ry = rel_y.to(dt)
-        s0, t0 = (None if tab is None else tab.index_select(0, pix.reshape(-1)).view(K, *small)
-                  for tab in (p['scale'][0], p['shift'][0]))
-        if self.linear_layer0:      # per (neighbour, group, column): table + rel_x and cell terms
-            wy, wx, wc = p['layer0']
-            base = self.layer0_table(state).index_select(0, pix.reshape(-1)).view(K, *small)
-            base.addcmul_(rel_x.to(dt).view(K, 1, 1, m, 1), wx)
-            if wc is not None:
-                base.add_(torch.mv(wc, rel_cell))
-            if s0 is not None:
-                base = torch.addcmul(t0, base, s0) if t0 is not None else base.mul_(s0)
-                wy = s0 * wy
-            elif t0 is not None:
-                base.add_(t0)
-            wy = wy.expand(K, *small)
+        if self.linear_layer0:
+            base, wy = self.layer0_band(state, pix, rel_x, rel_cell)
+        else:
+            s0, t0 = (None if tab is None else tab.index_select(0, pix.reshape(-1)).view(K, *small)
+                      for tab in (p['scale'][0], p['shift'][0]))
         N = G * r * m
         c4 = p['out_weight'].shape[0]
         out = ry.new_empty(K, c4, N)
@@ -416,6 +459,41 @@ class LMDecoder(ImplicitDecoder):
         c = self.imnet.out_dim
         preds = out[:, :c].add_(p['out_bias'].view(1, c, 1))
         return preds.float().view(K, c, G * r, m)
+
+    # ---- the fused kernel (``fused_render``) ----
+    def fused_unsupported(self, dtype=None):
+        """Why the fused render kernel cannot render this model in ``dtype`` (default: its render precision), as a
+        phrase, or None when it can."""
+        imnet = self.imnet
+        dtype = self.render_dtype if dtype is None else dtype
+        if dtype != torch.float32:
+            return f'the kernel renders in float32 only, not {str(dtype).replace("torch.", "")}'
+        if not fused_render.supports(imnet.hidden_dim, imnet.out_dim):
+            return (f'the kernel is written for render width {fused_render.WIDTH} and at most 4 outputs (this '
+                    f'model: width {imnet.hidden_dim}, {imnet.out_dim} outputs)')
+        return None
+
+    def fused_layer0(self, state, pix, rel_x, rel_cell):
+        """Layer-0 arguments of ``fused_render.render`` for a band, mode 0 (``linear_layer0``): the per-pixel table
+        (``layer0_table``), W0's columns for rel_x and rel_y, the cell term and layer 0's modulation tables (the
+        kernel forms ``layer0_band`` per unit itself)."""
+        p = self.grid_params(state)
+        wy, wx, wc = p['layer0']
+        return dict(l0tab=self.layer0_table(state), wx=wx.contiguous(), wy=wy.contiguous(),
+                    cterm=None if wc is None else torch.mv(wc, rel_cell), s0=p['scale'][0], t0=p['shift'][0])
+
+    def render_band_fused(self, state, pix, rel_y, rel_x, rel_cell, out, rows):
+        """``render_band``, the blend and the output in one call of the fused kernel: the blended predictions of
+        the band's rows ``rows`` (G r,) are written into ``out`` (c_out, n, m), a contiguous float32 image."""
+        p = self.grid_params(state)
+        if 'fused_weight' not in p:
+            hidden = p['weight'][1:]
+            p['fused_weight'] = torch.stack(hidden) if hidden else p['weight'][0].new_empty(0)
+        c = self.imnet.out_dim          # out_weight: (4, hd), rows c .. 3 zero, as the kernel reads it
+        fused_render.render(out, out.shape[1] * out.shape[2], rows.contiguous(), pix.contiguous(),
+                            rel_y.contiguous(), rel_x.contiguous(), self.imnet.hidden_depth, p['scale'], p['shift'],
+                            p['fused_weight'], p['out_weight'], p['out_bias'][:c],
+                            **self.fused_layer0(state, pix, rel_x, rel_cell))
 
     def grid_params(self, state):
         """Per-image constants of ``render_band`` in the render precision, computed once: per layer k the

@@ -9,6 +9,7 @@ from .. import registry
 from ..complexity import conv_macs_per_pixel, linear_macs
 from ..registry import register
 from .implicit import State, gather
+from . import fused_render
 from .lmliif import LMDecoder
 from .lte import bilinear_skip
 
@@ -121,6 +122,28 @@ class LMLTE(LMDecoder):
         x = torch.cat([torch.cos(g), torch.sin(g)], dim=-1).mul_(amp)
         layer = self.imnet.hidden(0)
         return F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+
+    def fused_unsupported(self, dtype=None):
+        """Besides the width: the fused kernel forms layer 0 from the 16 Fourier features of ``mod_input``."""
+        why = super().fused_unsupported(dtype)
+        if why is None and self.imnet.in_dim != fused_render.WIDTH:
+            why = (f'the kernel forms layer 0 from {fused_render.WIDTH} Fourier features (mod_input); this model '
+                   f'has {self.imnet.in_dim}')
+        return why
+
+    def fused_layer0(self, state, pix, rel_x, rel_cell):
+        """Mode 1 of ``fused_render.render``: the per-pixel [A | F_y | F_x] table, the cell's phase, W0 and b0,
+        and layer 0's modulation tables."""
+        p = self.grid_params(state)
+        layer = self.imnet.hidden(0)
+        if 'fused_w0t' not in p:
+            p['fused_w0t'] = layer.weight.t().contiguous()
+        cphase = None
+        if self.cell_decode:
+            phase = self.imphase if self.mod_input else self.phase
+            cphase = F.linear(rel_cell, phase.weight).contiguous()
+        return dict(basis=self.table(state, 'basis'), cphase=cphase, w0t=p['fused_w0t'], b0=layer.bias,
+                    s0=p['scale'][0], t0=p['shift'][0])
 
     def skip_grid(self, state, b, ys, xs):
         coord = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1).view(1, -1, 2)
