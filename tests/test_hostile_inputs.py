@@ -620,6 +620,8 @@ def test_prepare_data_drops_special_bits_and_owners(capsys, tmp_path):
     (['--models', 'liif,nosuch'], ['nosuch']),
     (['--repeats', '0'], ['--repeats']),
     (['--bsize', '-1'], ['--bsize']),
+    (['--render-kernel', 'fused', '--bf16-rows'], ['--render-kernel fused', 'float32 only', '--bf16-rows']),
+    (['--render-kernel', 'fused', '--render-mode', 'bf16'], ['--render-kernel fused', 'float32 only']),
 ])
 def test_benchmark_refuses_bad_options(capsys, tmp_path, extra, words):
     refused(capsys, benchmark.main, ['--out', tmp_path / 'bench', *extra], *words, watch=(tmp_path,),

@@ -91,25 +91,30 @@ def test_reduced_precision_grid_path_is_close(precision):
 
 
 @pytest.mark.parametrize('extra', [False, True])
-def test_mlp_first_layer_over_unfold_is_a_convolution(extra):
+@pytest.mark.parametrize('batch', [1, 2])
+@pytest.mark.parametrize('grad', [True, False])     # inference (no grad) takes the channels-last convolution
+def test_mlp_first_layer_over_unfold_is_a_convolution(extra, batch, grad):
     torch.manual_seed(1)
     C = 5
-    mlp = MLP(9 * C + (2 if extra else 0), 7, [11])
-    feat = torch.randn(2, C, 6, 9)
-    e = torch.randn(2, 2) if extra else None
+    mlp = MLP(9 * C + (2 if extra else 0), 7, [11, 13])
+    feat = torch.randn(batch, C, 6, 9)
+    e = torch.randn(batch, 2) if extra else None
     z = unfold3x3(feat).permute(0, 2, 3, 1)
     if extra:
-        z = torch.cat([z, e.view(2, 1, 1, 2).expand(2, 6, 9, 2)], -1)
+        z = torch.cat([z, e.view(batch, 1, 1, 2).expand(batch, 6, 9, 2)], -1)
     ref = mlp(z)
-    out = mlp.forward_unfold3x3(feat, e)
-    assert out.shape == ref.shape == (2, 6, 9, 7)
+    with torch.set_grad_enabled(grad):
+        out = mlp.forward_unfold3x3(feat, e)
+    assert out.shape == ref.shape == (batch, 6, 9, 7)
     assert (out - ref).abs().max().item() <= 1e-5
+    if not grad:
+        return
     # and its gradients (training goes through the same path)
     feat.requires_grad_(True)
     g1, = torch.autograd.grad(mlp.forward_unfold3x3(feat, e).square().sum(), feat)
     z = unfold3x3(feat).permute(0, 2, 3, 1)
     if extra:
-        z = torch.cat([z, e.view(2, 1, 1, 2).expand(2, 6, 9, 2)], -1)
+        z = torch.cat([z, e.view(batch, 1, 1, 2).expand(batch, 6, 9, 2)], -1)
     g2, = torch.autograd.grad(mlp(z).square().sum(), feat)
     assert (g1 - g2).abs().max().item() <= 1e-4
 
