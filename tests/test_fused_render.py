@@ -192,3 +192,39 @@ def test_demo_default_kernel_is_the_fused_one(tmp_path):
         outs[kernel] = np.asarray(Image.open(out)).astype(int)
     # 8-bit images of the two kernels: equal except where the ~1e-7 difference crosses a rounding boundary
     assert np.abs(outs['auto'] - outs['mm']).max() <= 1
+
+
+def band_args(pix_value=0, row_value=0):
+    """A tiny mode-0 band (4 neighbours, 1 group of 1 row, 2 columns, depth 2) over tables of 5 pixels."""
+    g = torch.Generator().manual_seed(4)
+    P, W = 5, fused_render.WIDTH
+    out = torch.zeros(3, 2, 2)
+    tables = dict(l0tab=torch.randn(P, W, generator=g), wx=torch.randn(W, generator=g), wy=torch.randn(W, generator=g),
+                  s0=torch.rand(P, W, generator=g), t0=torch.randn(P, W, generator=g))
+    scale = [None, torch.rand(P, W, generator=g)]
+    shift = [None, torch.randn(P, W, generator=g)]
+    pix = torch.full((4, 1, 2), pix_value, dtype=torch.int64)
+    wout = torch.zeros(4, W)
+    wout[:3] = torch.randn(3, W, generator=g)
+    return (out, 4, torch.tensor([row_value]), pix, torch.rand(4, 1, 1, generator=g), torch.rand(4, 2, generator=g), 2,
+            scale, shift, torch.randn(1, W, W, generator=g), wout, torch.randn(3, generator=g)), tables
+
+
+@pytest.mark.parametrize('pix_value, row_value', [(5, 0), (-1, 0), (0, 2), (0, -1)])
+def test_indices_outside_the_tables_are_refused_not_read(pix_value, row_value):
+    args, tables = band_args(pix_value, row_value)
+    with pytest.raises(ValueError, match='outside its table'):
+        fused_render.render(*args, **tables)
+    assert not args[0].any()                 # nothing written
+
+
+def test_arguments_the_kernel_cannot_read_are_refused():
+    args, tables = band_args()
+    fused_render.render(*args, **tables)
+    assert args[0].abs().sum() > 0           # the valid band renders
+    for bad in (dict(tables, l0tab=tables['l0tab'][:, :8]), dict(tables, wx=tables['wx'].double()),
+                dict(tables, s0=tables['s0'].t().contiguous().t())):
+        with pytest.raises(ValueError, match='fused render'):
+            fused_render.render(*args, **bad)
+    with pytest.raises(ValueError, match='fused render'):            # scale / shift lists shorter than the depth
+        fused_render.render(*args[:7], args[7][:1], args[8][:1], *args[9:], **tables)

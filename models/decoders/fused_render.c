@@ -235,7 +235,8 @@ INLINE void render_queries(const struct band *b, int nb, int nq, int64_t g, int6
 /* Units [u0, u1) of a band (unit = g * m + col, all r rows and K neighbours), split over nthreads OpenMP threads
  * (the caller's runtime: loaded into a PyTorch process, this library binds to the libgomp PyTorch already loaded,
  * so the kernel runs on PyTorch's own thread team instead of competing with its spinning workers). Returns 0, or
- * -1 when the arguments are outside what this kernel does (K not 1 or 4, cout > 4, depth < 1). */
+ * -1 when the arguments are outside what this kernel does (K not 1 or 4, cout > 4, depth < 1), -2 when a pixel
+ * index is outside [0, P) or an output row outside [0, n) (those units are not rendered). */
 int render_units(int mode, int K, int G, int r, int m, int depth, int cout,
                  const int64_t *pix, const float *ry, const float *rx,
                  const float *l0tab, const float *wx, const float *wy, const float *cterm,
@@ -243,18 +244,26 @@ int render_units(int mode, int K, int G, int r, int m, int depth, int cout,
                  const float *s0, const float *t0,
                  const float *const *scale, const float *const *shift,
                  const float *wt, const float *wout, const float *bout,
-                 float *out, int64_t plane, const int64_t *rows, int64_t u0, int64_t u1, int nthreads)
+                 float *out, int64_t plane, const int64_t *rows, int64_t u0, int64_t u1, int nthreads,
+                 int64_t P, int64_t n)
 {
     if (!(K == 1 || K == KMAX) || cout < 1 || cout > 4 || depth < 1 || (mode != 0 && mode != 1) || nthreads < 1)
         return -1;
     const struct band b = {mode, K, G, r, m, depth, cout, pix, ry, rx, l0tab, wx, wy, cterm, basis, cphase, w0t, b0,
                            s0, t0, scale, shift, wt, wout, bout, out, plane, rows};
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+    int bad = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(|:bad)
     for (int64_t u = u0; u < u1; u++) {
         v8 lw[KMAX][4];
         const int64_t g = u / m, col = u % m;
         int64_t p[KMAX];
-        for (int k = 0; k < K; k++) p[k] = pix[((int64_t)k * G + g) * m + col];
+        int outside = 0;
+        for (int k = 0; k < K; k++) {
+            p[k] = pix[((int64_t)k * G + g) * m + col];
+            outside |= p[k] < 0 || p[k] >= P;
+        }
+        for (int i = 0; i < r; i++) outside |= rows[g * r + i] < 0 || rows[g * r + i] >= n;
+        if (outside) { bad = 1; continue; }
         if (mode == 0) layer0_unit(&b, K, col, p, lw);
         int i = 0;
         for (; i + NQ <= r; i += NQ) {
@@ -266,5 +275,5 @@ int render_units(int mode, int K, int G, int r, int m, int depth, int cout,
             else render_queries(&b, 1, 1, g, col, i, p, lw);
         }
     }
-    return 0;
+    return bad ? -2 : 0;
 }

@@ -5,8 +5,8 @@ ReLU as separate in-place passes over memory; the C kernel instead keeps each qu
 through layer 0, every modulated hidden layer, the output layer and the local-ensemble blend, and writes the
 blended RGB straight into the output image. Its conventions are in the C file's header comment.
 
-Building: the first use in a process compiles ``fused_render.c`` with ``$CC`` (default ``cc``) and
-``-O3 -march=native`` into the kernel cache, ``$ASSR_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/assr/kernels`` (default
+Building: the first use in a process compiles ``fused_render.c`` with ``$CC`` (default ``cc``) and ``FLAGS``
+(``-O3 -march=native -ffp-contract=fast -fopenmp``: the products as FMAs) into the kernel cache, ``$ASSR_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/assr/kernels`` (default
 ``~/.cache/assr/kernels``), under a name keyed by the source, the compiler's version, the flags and the CPU's
 feature flags (a cache shared by different machines never loads a library built for another CPU). The file is
 written atomically; a failed build leaves nothing behind and ``status()`` says why in one line.
@@ -108,7 +108,8 @@ def _load():
         return None, str(e)
     fn = lib.render_units
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int] * 7 + [_P] * 19 + [ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    fn.argtypes = [ctypes.c_int] * 7 + [_P] * 19 + [ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                                        ctypes.c_int64, ctypes.c_int64]
     return fn, None
 
 
@@ -139,15 +140,10 @@ def render(out_plane, plane, rows, pix, ry, rx, depth, scale, shift, wt, wout, b
     r = ry.shape[2]
     cout = bout.shape[0]
     mode = 0 if l0tab is not None else 1
-    tensors = [pix, ry, rx, l0tab, wx, wy, cterm, basis, cphase, w0t, b0, s0, t0, wt, wout, bout, rows]
-    for t in tensors:
-        if t is not None and not (t.is_contiguous() and t.device.type == 'cpu'
-                                  and t.dtype == (torch.int64 if t is pix or t is rows else torch.float32)):
-            raise ValueError('fused render: arguments must be contiguous CPU float32 / int64 tensors')
-    if tuple(wout.shape) != (4, WIDTH):
-        raise ValueError(f'fused render: the output weight must be (4, {WIDTH}) with zero rows past the outputs')
-    if not (out_plane.is_contiguous() and out_plane.dtype == torch.float32):
-        raise ValueError('fused render: the output must be a contiguous float32 tensor')
+    tables = [l0tab if mode == 0 else basis, s0, t0, *scale, *shift]
+    P = tables[0].shape[0]
+    _check(pix, rows, ry, rx, wt, wout, bout, out_plane, plane, depth, scale, shift, tables, P, mode,
+           dict(wx=wx, wy=wy, cterm=cterm, cphase=cphase, w0t=w0t, b0=b0))
     ptrs = (_P * depth)(*[_ptr(t) for t in scale]), (_P * depth)(*[_ptr(t) for t in shift])
     units = G * m
     args = (mode, K, G, r, m, depth, cout, _ptr(pix), _ptr(ry), _ptr(rx), _ptr(l0tab), _ptr(wx), _ptr(wy),
@@ -155,5 +151,36 @@ def render(out_plane, plane, rows, pix, ry, rx, depth, scale, shift, wt, wout, b
             ctypes.cast(ptrs[0], _P), ctypes.cast(ptrs[1], _P), _ptr(wt), _ptr(wout), _ptr(bout), _ptr(out_plane),
             plane, _ptr(rows))
     threads = max(1, min(torch.get_num_threads(), units // 64 or 1))
-    if fn(*args, 0, units, threads):
+    code = fn(*args, 0, units, threads, P, out_plane.shape[1])
+    if code == -2:
+        raise ValueError('fused render: a pixel index or output row outside its table (nothing was read there)')
+    if code:
         raise ValueError(f'fused render: a band the kernel does not handle (K={K}, outputs={cout}, depth={depth})')
+
+
+def _check(pix, rows, ry, rx, wt, wout, bout, out_plane, plane, depth, scale, shift, tables, P, mode, vectors):
+    """Every shape, dtype, device and layout the C kernel relies on (it reads raw pointers); one ValueError."""
+    K, G, m = pix.shape
+    r = ry.shape[-1]
+    widths = {0: WIDTH, 1: 2 * WIDTH}
+    expect = [(pix, torch.int64, (K, G, m)), (rows, torch.int64, (G * r,)), (ry, torch.float32, (K, G, r)),
+              (rx, torch.float32, (K, m)), (wt, torch.float32, (max(depth - 1, 0), WIDTH, WIDTH) if depth > 1 else None),
+              (wout, torch.float32, (4, WIDTH)), (bout, torch.float32, (bout.shape[0],)),
+              (out_plane, torch.float32, (out_plane.shape[0], out_plane.shape[1], m))]
+    expect += [(t, torch.float32, (P, widths[mode] if i == 0 else WIDTH)) for i, t in enumerate(tables) if t is not None]
+    sizes = dict(wx=WIDTH, wy=WIDTH, cterm=WIDTH, cphase=WIDTH // 2, w0t=(WIDTH, WIDTH), b0=WIDTH)
+    expect += [(t, torch.float32, sizes[k] if isinstance(sizes[k], tuple) else (sizes[k],))
+               for k, t in vectors.items() if t is not None]
+    for t, dtype, shape in expect:
+        if not (t.device.type == 'cpu' and t.dtype == dtype and t.is_contiguous()
+                and (shape is None or tuple(t.shape) == tuple(shape))):
+            raise ValueError(f'fused render: an argument of shape {tuple(t.shape)} / {t.dtype} is not the contiguous '
+                             f'CPU {dtype} {shape} the kernel reads')
+    if not (K in (1, 4) and len(scale) == len(shift) == depth >= 1 and 1 <= bout.shape[0] <= 4
+            and out_plane.shape[0] >= bout.shape[0] and plane == out_plane.shape[1] * m):
+        raise ValueError(f'fused render: a band the kernel does not handle (K={K}, outputs={bout.shape[0]}, '
+                         f'depth={depth})')
+    if mode == 0 and (vectors['wx'] is None or vectors['wy'] is None):
+        raise ValueError('fused render: mode 0 needs wx and wy')
+    if mode == 1 and (tables[0] is None or vectors['w0t'] is None or vectors['b0'] is None):
+        raise ValueError('fused render: mode 1 needs basis, w0t and b0')
