@@ -85,3 +85,8 @@ def test_benchmark_bf16_row_of_a_cmsr_model_uses_its_tables(tmp_path, monkeypatc
     assert set(rows) == {'lmliif+cmsr', 'lmliif+cmsr bf16'}
     fraction = [re.search(r'CMSR rendered fraction ([0-9.]+)', rows[k]) for k in ('lmliif+cmsr', 'lmliif+cmsr bf16')]
     assert all(fraction) and fraction[0].group(1) == fraction[1].group(1)
+    # and the float32 row (fused C kernel, invisible to FlopCounterMode) counts the same MACs as its bf16 twin
+    # (unfused path): the count runs through the unfused path (it reported only the latent MLP's MACs)
+    with open(tmp_path / 'b' / 'benchmark.csv') as f:
+        counted = {r['model']: float(r['dec_gmacs']) for r in csv.DictReader(f)}
+    assert counted['lmliif+cmsr'] == pytest.approx(counted['lmliif+cmsr bf16'], rel=1e-3)

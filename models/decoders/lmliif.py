@@ -257,6 +257,11 @@ class LMDecoder(ImplicitDecoder):
         self._compiled_query = torch.compile(self.query_fast, dynamic=True) if compile else None
         return self
 
+    def render_options(self):
+        """The current ``set_render_mode`` arguments (to restore them after a temporary change)."""
+        precision = {v: k for k, v in self.RENDER_DTYPES.items() if k != 'bf16'}[self.render_dtype]
+        return dict(precision=precision, compile=self._compiled_query is not None, kernel=self.render_kernel)
+
     def render_product(self, device, dtype):
         """The grid path's hidden-layer product kernel ``(x, wt, out) -> x @ wt`` (``render_kernels``)."""
         name = self.render_kernel
