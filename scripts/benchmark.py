@@ -494,7 +494,7 @@ def run_rows(args, lr, scales, device):
             continue
         if model is not None:
             apply_render_mode(model, args)
-        previous = None
+        previous = previous_bf16 = None
         for s in scales:
             t = time.perf_counter()
             row = measure(name, model, kind, s, lr, args, device, previous)
@@ -505,7 +505,9 @@ def run_rows(args, lr, scales, device):
                   f"{row.get('note', '')} ({time.perf_counter() - t:.0f}s)", flush=True)
             if args.bf16_rows and model is not None and model.capabilities.modulated and args.render_mode != 'bf16' \
                     and row.get('total_s') is not None:
-                rows.append(bf16_row(name, model, kind, s, lr, args, device, bf16_note, bf16_golden))
+                rows.append(bf16_row(name, model, kind, s, lr, args, device, bf16_note, bf16_golden, previous_bf16))
+                if rows[-1].get('total_s') is not None:
+                    previous_bf16 = rows[-1]
             if args.onnx and kind != 'subpixel' and not name.endswith('+cmsr'):
                 from engine.export import benchmark_row
                 orow = benchmark_row(name, model, s, lr, args.repeats, args.warmup)
@@ -514,11 +516,12 @@ def run_rows(args, lr, scales, device):
     return rows
 
 
-def bf16_row(name, model, kind, scale, lr, args, device, note, golden):
-    """The row of ``name`` at ``scale`` in the bf16 render mode (the model is put back in --render-mode after)."""
+def bf16_row(name, model, kind, scale, lr, args, device, note, golden, previous=None):
+    """The row of ``name`` at ``scale`` in the bf16 render mode (the model is put back in --render-mode after);
+    ``previous``: its bf16 row at the previous scale, for --max-seconds (bf16 rows are skipped by their own time)."""
     apply_render_mode(model, args, 'bf16')
     try:
-        row = measure(name, model, kind, scale, lr, args, device, None, label=f'{name} bf16')
+        row = measure(name, model, kind, scale, lr, args, device, previous, label=f'{name} bf16')
     finally:
         apply_render_mode(model, args)
     base = name.split('+cmsr')[0]

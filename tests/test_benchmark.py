@@ -90,3 +90,22 @@ def test_benchmark_bf16_row_of_a_cmsr_model_uses_its_tables(tmp_path, monkeypatc
     with open(tmp_path / 'b' / 'benchmark.csv') as f:
         counted = {r['model']: float(r['dec_gmacs']) for r in csv.DictReader(f)}
     assert counted['lmliif+cmsr'] == pytest.approx(counted['lmliif+cmsr bf16'], rel=1e-3)
+
+
+def test_bf16_twin_rows_are_skipped_by_their_own_estimate(tmp_path, monkeypatch):
+    """--max-seconds predicts a bf16 row from the bf16 row of the previous scale (emulated bf16 is many times
+    slower than float32, so the float32 estimate let a minutes-long x30 bf16 row run)."""
+    fast = lambda device: profiling.reference_rates(device, repeats=1, names=['render16'])  # noqa: E731
+    monkeypatch.setattr(benchmark, 'reference_rates', fast)
+    real = benchmark.measure
+    seen = {}
+
+    def spy(name, model, kind, scale, lr, args, device, previous, label=None):
+        seen[(label or name, scale)] = None if previous is None else (previous['model'], previous['scale'])
+        return real(name, model, kind, scale, lr, args, device, previous, label=label)
+    monkeypatch.setattr(benchmark, 'measure', spy)
+    assert benchmark.main(['--input', '12x10', '--scales', '2,3', '--models', 'lmliif', '--repeats', '1',
+                           '--warmup', '0', '--bf16-rows', '--golden', str(tmp_path / 'none'),
+                           '--out', str(tmp_path / 'b')]) == 0
+    assert seen[('lmliif', 3)] == ('lmliif', 2)
+    assert seen[('lmliif bf16', 2)] is None and seen[('lmliif bf16', 3)] == ('lmliif bf16', 2)
