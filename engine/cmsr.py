@@ -201,6 +201,13 @@ def sample_nearest(values, coord, size):
     return values[nearest_index(coord[:, 0], h) * w + nearest_index(coord[:, 1], w)]
 
 
+def sample_nearest_grid(values, ys, xs, size):
+    """``sample_nearest`` on the separable grid meshgrid(``ys``, ``xs``) -> (len(ys) * len(xs),), row-major: the
+    nearest pixel of each row and column once (the same indices, so bitwise the same values)."""
+    h, w = size
+    return values[(nearest_index(ys, h) * w).unsqueeze(1) + nearest_index(xs, w).unsqueeze(0)].reshape(-1)
+
+
 def bilinear(img, coord):
     """Bilinear border-padded sampling: img (1, 3, h, w), coord (N, 2) (row, col) -> (N, 3)."""
     out = F.grid_sample(img, coord.flip(-1).view(1, 1, -1, 2), mode='bilinear', padding_mode='border',
@@ -256,7 +263,7 @@ def render_points(model, state, coord, cell, chunk):
 GRID_BLOCK_MIN = 8192
 
 
-def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
+def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None, exact=False):
     """Renders of the points ``sel`` (indices into a qh x qw grid, row-major, increasing; None: all) of a
     separable grid ``grid`` (qh*qw, 2) with one cell (2,) for a single image -> (len(sel), 3).
 
@@ -267,7 +274,8 @@ def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
     (``level_grid`` resizes a coordinate map bilinearly, which can differ by an ulp across a row, enough to
     change the nearest pixel at a tie) are answered again through ``query`` at their own coordinates.
     Other models answer every point through ``query`` (``render_points``). The results equal the
-    point-by-point ones up to float rounding.
+    point-by-point ones up to float rounding. ``exact``: the grid is a meshgrid by construction (``make_coord``,
+    ``exact_level_grid``), so the check for points off their row and column is skipped.
     """
     sel = torch.arange(qh * qw, device=grid.device) if sel is None else sel
     n = sel.numel()
@@ -301,7 +309,8 @@ def render_on_grid(model, state, grid, qh, qw, cell, chunk, sel=None):
             dst = out[starts[i] + a * nc:starts[i] + b * nc].view(b - a, nc, 3)
             dst[:, c:d] = pred
         i = j
-    off_grid = ((g[..., 0] != ys[:, None]) | (g[..., 1] != xs[None, :])).view(-1)[sel].nonzero().squeeze(1)
+    off_grid = sel.new_empty(0) if exact else \
+        ((g[..., 0] != ys[:, None]) | (g[..., 1] != xs[None, :])).view(-1)[sel].nonzero().squeeze(1)
     pos = torch.cat(rest + [off_grid]).unique() if rest else off_grid
     if pos.numel():
         out[pos] = render_points(model, state, grid[sel[pos]], cell.view(1, 2).expand(pos.numel(), 2), chunk)
@@ -361,7 +370,12 @@ def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=No
             grid = make_coord((qh, qw), device=coord.device)
         else:
             grid = exact_level_grid((h, w), (qh, qw), coord.device)
-        sel = select(sample_nearest(m, grid, (h, w)), i, len(lv), low, high).nonzero().squeeze(1)
+        if exact_grid:          # a meshgrid by construction: nearest pixels per row and column
+            g = grid.view(qh, qw, 2)
+            near = sample_nearest_grid(m, g[:, 0, 0], g[0, :, 1], (h, w))
+        else:
+            near = sample_nearest(m, grid, (h, w))
+        sel = select(near, i, len(lv), low, high).nonzero().squeeze(1)
         plan.append((s, qh, qw, grid, sel))
         if stats is not None:
             stats.add(sel.numel(), s, S)
@@ -374,7 +388,7 @@ def render_levels(model, state, inp, coord, tables, S=None, chunk=None, stats=No
         if not sel.numel():
             continue
         cell = _cells(1, qh, qw, cell_clip_factor(s, max_train_scale), grid)[0]
-        renders = render_on_grid(model, state, grid, qh, qw, cell, chunk, sel)
+        renders = render_on_grid(model, state, grid, qh, qw, cell, chunk, sel, exact=exact_grid)
         flat = bilinear(img, grid)
         flat[sel] = renders.to(flat.dtype)
         img = flat.t().reshape(1, 3, qh, qw)

@@ -358,3 +358,17 @@ def test_cmsr_grid_flag_and_published_spelling(capsys):
     assert opts('--cmsr', 'T.yaml', '--cmsr_grid', 'published')['cmsr_exact_grid'] is False
     with pytest.raises(cli.CLIError, match='--cmsr-grid published needs --cmsr'):
         opts('--cmsr-grid', 'published')
+
+
+@pytest.mark.parametrize('level', [(111, 159), (296, 424), (259, 371)])
+def test_nearest_intensity_per_row_and_column_equals_per_point(level):
+    """CMSR's exact level grids are meshgrids by construction: the separable nearest-pixel lookup gives bitwise
+    the per-point one (``sample_nearest``), on ``make_coord`` and on ``exact_level_grid`` (moved last rows)."""
+    from engine.cmsr import exact_level_grid, sample_nearest, sample_nearest_grid
+    from utils.coords import make_coord
+    m = torch.rand(37 * 53, generator=torch.Generator().manual_seed(0))
+    qh, qw = level
+    for grid in (make_coord((qh, qw)), exact_level_grid((37, 53), (qh, qw))):
+        g = grid.view(qh, qw, 2)
+        assert torch.equal(g[..., 0], g[:, :1, 0].expand(qh, qw)) and torch.equal(g[..., 1], g[:1, :, 1].expand(qh, qw))
+        assert torch.equal(sample_nearest_grid(m, g[:, 0, 0], g[0, :, 1], (37, 53)), sample_nearest(m, grid, (37, 53)))
