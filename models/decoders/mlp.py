@@ -47,13 +47,15 @@ class MLP(nn.Module):
         bias = first.bias.view(1, -1)
         if extra is not None:
             bias = bias + extra.to(first.weight.dtype) @ first.weight[:, 9 * C:].t()
-        if torch.is_grad_enabled() or feat.device.type != 'cpu':
+        if torch.is_grad_enabled() or feat.device.type != 'cpu' or torch.jit.is_tracing() \
+                or torch.onnx.is_in_onnx_export():
             y = F.conv2d(feat, kernel, padding=1)
             y = y.add_(bias.view(B if extra is not None else 1, -1, 1, 1)).permute(0, 2, 3, 1)
             return self.layers[1:](y.reshape(-1, y.shape[-1])).view(*y.shape[:3], -1)
-        # CPU inference: channels-last convolution (oneDNN without layout reorders; its (B, h, w, out) view is
-        # already contiguous rows for the next layers), the bias inside it, ReLUs in place; equal to the branch
-        # above to float rounding (1.4e-6 on outputs of magnitude 4 for the bundled LM-LIIF)
+        # CPU inference (not traced: the graph must not fix the batch): channels-last convolution (oneDNN without
+        # layout reorders; its (B, h, w, out) view is already contiguous rows for the next layers), the bias inside
+        # it, ReLUs in place; equal to the branch above to float rounding (1.4e-6 on outputs of magnitude 4 for the
+        # bundled LM-LIIF)
         cl = torch.channels_last
         if bias.shape[0] == 1:
             y = F.conv2d(feat.contiguous(memory_format=cl), kernel.contiguous(memory_format=cl), bias.view(-1), padding=1)
