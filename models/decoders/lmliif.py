@@ -377,11 +377,8 @@ class LMDecoder(ImplicitDecoder):
                 res = preds[0] * wgt[0]
                 for k in range(1, K):
                     res.addcmul_(preds[k], wgt[k])
-                skip = self.skip_grid(state, bi, ys[row_idx], xs)
-                if skip is not None:
-                    res.add_(skip.permute(2, 0, 1))
                 out[bi].index_copy_(1, row_idx, res)
-            skip = self.skip_grid(state, bi, ys, xs) if fused else None
+            skip = self.skip_grid(state, bi, ys, xs)        # every band's blend + the LR skip, once per image
             if skip is not None:
                 out[bi].add_(skip.permute(2, 0, 1))
         return out.permute(0, 2, 3, 1)
@@ -494,10 +491,10 @@ class LMDecoder(ImplicitDecoder):
         if 'fused_weight' not in p:
             hidden = p['weight'][1:]
             p['fused_weight'] = torch.stack(hidden) if hidden else p['weight'][0].new_empty(0)
-        c = self.imnet.out_dim          # out_weight: (4, hd), rows c .. 3 zero, as the kernel reads it
+        # out_weight: (4, hd) with its rows past out_dim zero, as the kernel reads it
         fused_render.render(out, out.shape[1] * out.shape[2], rows.contiguous(), pix.contiguous(),
                             rel_y.contiguous(), rel_x.contiguous(), self.imnet.hidden_depth, p['scale'], p['shift'],
-                            p['fused_weight'], p['out_weight'], p['out_bias'][:c],
+                            p['fused_weight'], p['out_weight'], p['out_bias'],
                             **self.fused_layer0(state, pix, rel_x, rel_cell))
 
     def grid_params(self, state):

@@ -47,23 +47,22 @@ class MLP(nn.Module):
         bias = first.bias.view(1, -1)
         if extra is not None:
             bias = bias + extra.to(first.weight.dtype) @ first.weight[:, 9 * C:].t()
-        if torch.is_grad_enabled() or feat.device.type != 'cpu' or torch.jit.is_tracing() \
-                or torch.onnx.is_in_onnx_export():
-            y = F.conv2d(feat, kernel, padding=1)
-            y = y.add_(bias.view(B if extra is not None else 1, -1, 1, 1)).permute(0, 2, 3, 1)
-            return self.layers[1:](y.reshape(-1, y.shape[-1])).view(*y.shape[:3], -1)
-        # CPU inference (not traced: the graph must not fix the batch): channels-last convolution (oneDNN without
-        # layout reorders; its (B, h, w, out) view is already contiguous rows for the next layers), the bias inside
-        # it, ReLUs in place; equal to the branch above to float rounding (1.4e-6 on outputs of magnitude 4 for the
-        # bundled LM-LIIF)
-        cl = torch.channels_last
-        if bias.shape[0] == 1:
-            y = F.conv2d(feat.contiguous(memory_format=cl), kernel.contiguous(memory_format=cl), bias.view(-1), padding=1)
+        # CPU inference (not traced: a graph must not fix the batch of a per-image bias): channels-last convolution
+        # (oneDNN without layout reorders; its (B, h, w, out) view is already contiguous rows for the next layers),
+        # a batch-independent bias inside it, ReLUs in place; equal to the NCHW form to float rounding (1.4e-6 on
+        # outputs of magnitude 4 for the bundled LM-LIIF)
+        fast = not (torch.is_grad_enabled() or feat.device.type != 'cpu' or torch.jit.is_tracing()
+                    or torch.onnx.is_in_onnx_export())
+        if fast:
+            feat, kernel = (t.contiguous(memory_format=torch.channels_last) for t in (feat, kernel))
+        if fast and bias.shape[0] == 1:
+            y = F.conv2d(feat, kernel, bias.view(-1), padding=1)
         else:
-            y = F.conv2d(feat.contiguous(memory_format=cl), kernel.contiguous(memory_format=cl), padding=1)
-            y.add_(bias.view(B, -1, 1, 1))
+            y = F.conv2d(feat, kernel, padding=1).add_(bias.view(B if extra is not None else 1, -1, 1, 1))
         y = y.permute(0, 2, 3, 1)
         x = y.reshape(-1, y.shape[-1])
+        if not fast:
+            return self.layers[1:](x).view(*y.shape[:3], -1)
         for layer in self.layers[1:]:
             x = torch.relu_(x) if isinstance(layer, nn.ReLU) else layer(x)
         return x.view(*y.shape[:3], -1)

@@ -17,8 +17,8 @@ that fails on the device (e.g. oneDNN's bf16 path on a CPU without AVX-512) is n
 made by measurement because it differs between machines: on a 2-core AMD EPYC (Zen 3, AVX2, MKL 2024.2,
 oneDNN 3.12, one thread, loaded machine) the best-of-5 rates at (61440, 16) x (16, 16) were ``onednn`` 32.6,
 ``mm`` 31.0, ``linear`` 30.7, ``conv1x1`` 30.6 GMAC/s, within a few percent of each other, while a 2048^3
-``torch.mm`` ran at 14 GMAC/s. ``set_render_mode(kernel=...)`` picks one (default 'mm'); the fused C kernel
-(``fused_render``) replaces the whole band render where it applies.
+``torch.mm`` ran at 14 GMAC/s. ``set_render_mode(kernel=...)`` picks one for the unfused grid path ('auto', the
+default, takes 'mm' wherever the fused C kernel, ``fused_render``, does not apply).
 """
 import functools
 import time
